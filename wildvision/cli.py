@@ -1,0 +1,345 @@
+"""The ``wildvision`` command line.
+
+Subcommands: ``classify``, ``models list|show`` (core); ``data``, ``train``, ``bench``,
+``serve``, ``export`` come from subpackages behind extras. Each of those registers its
+arguments from a light ``_cli`` module and imports its heavy dependencies only when run.
+
+Exit status: 0 success, 1 some inputs failed (or a command failed), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from ._version import __version__
+from .errors import ConfigError, WildvisionError
+
+__all__ = ["main", "IMAGE_EXTENSIONS", "collect_inputs"]
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".mpo"}
+)
+# Subcommands living in subpackages: name -> module exposing register(subparsers).
+_PLUGINS = {
+    "data": "wildvision.data._cli",
+    "train": "wildvision.train._cli",
+    "bench": "wildvision.bench._cli",
+    "serve": "wildvision.serve._cli",
+    "export": "wildvision.export._cli",
+}
+CSV_FIELDS = (
+    "source", "ok", "decision", "flagged_groups", "top_group", "top_label",
+    "top_label_probability", "group_probabilities", "model", "model_version", "image_sha256",
+    "width", "height", "error_type", "message",
+)
+
+
+class Progress:
+    """A minimal progress line on stderr (no dependency), shown for long runs on a terminal."""
+
+    def __init__(self, total: int | None, enabled: bool, stream: TextIO | None = None) -> None:
+        self.total, self.enabled = total, enabled
+        self.stream = stream or sys.stderr
+        self.n = self.failed = 0
+        self.t0 = time.perf_counter()
+        self._last = 0.0
+
+    def update(self, ok: bool) -> None:
+        self.n += 1
+        self.failed += 0 if ok else 1
+        now = time.perf_counter()
+        if self.enabled and (now - self._last > 0.5 or self.n == self.total):
+            self._last = now
+            rate = self.n / max(now - self.t0, 1e-9)
+            total = f"/{self.total}" if self.total else ""
+            self.stream.write(
+                f"\r{self.n}{total} images, {self.failed} failed, {rate:.1f} img/s"
+            )
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.n:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def collect_inputs(paths: Sequence[str], recursive: bool = False) -> list[str]:
+    """Expand folders into their image files (sorted); files are kept as given, even when
+    missing, so that every input the user named gets a result."""
+    out: list[str] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            it: Iterable[Path] = path.rglob("*") if recursive else path.iterdir()
+            files = sorted(
+                str(f) for f in it
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in f.relative_to(path).parts)
+            )
+            out.extend(files)
+        else:
+            out.append(p)
+    return out
+
+
+def _parse_thresholds(values: Sequence[str]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for v in values:
+        try:
+            group, spec = v.split("=", 1)
+            parts = spec.split(":")
+            entry = {"flag": float(parts[0])}
+            if len(parts) > 1:
+                entry["review"] = float(parts[1])
+            out[group] = entry
+        except ValueError:
+            raise ConfigError(
+                f"--threshold {v!r}: expected GROUP=FLAG or GROUP=FLAG:REVIEW, e.g. ivory=0.9:0.5"
+            ) from None
+    return out
+
+
+def _row_csv(d: dict[str, Any]) -> dict[str, Any]:
+    row = {k: d.get(k, "") for k in CSV_FIELDS}
+    if d.get("ok"):
+        top = d["top_labels"][0] if d["top_labels"] else {}
+        row["top_label"] = top.get("label", "")
+        row["top_label_probability"] = top.get("probability", "")
+        row["flagged_groups"] = ";".join(d["flagged_groups"])
+        row["group_probabilities"] = json.dumps(
+            {g: v["probability"] for g, v in d["groups"].items()}
+        )
+    return row
+
+
+class _Writer:
+    def __init__(self, fmt: str, stream: TextIO, append: bool) -> None:
+        self.fmt, self.stream = fmt, stream
+        self._csv: csv.DictWriter[str] | None = None
+        if fmt == "csv":
+            self._csv = csv.DictWriter(stream, fieldnames=list(CSV_FIELDS))
+            if not append:
+                self._csv.writeheader()
+        elif fmt == "table":
+            stream.write(f"{'decision':<8} {'top group':<22} {'prob':>6}  {'top label':<22} source\n")
+
+    def write(self, d: dict[str, Any]) -> None:
+        if self.fmt == "jsonl":
+            self.stream.write(json.dumps(d) + "\n")
+        elif self._csv is not None:
+            self._csv.writerow(_row_csv(d))
+        elif d.get("ok"):
+            top = d["top_labels"][0]
+            prob = d["groups"][d["top_group"]]["probability"]
+            self.stream.write(
+                f"{d['decision']:<8} {d['top_group']:<22} {prob:>6.3f}  {top['label']:<22} "
+                f"{d['source']}\n"
+            )
+        else:
+            self.stream.write(f"{'FAILED':<8} {d['error_type']:<22} {'':>6}  {'':<22} "
+                              f"{d['source']}: {d['message']}\n")
+        self.stream.flush()
+
+
+def _done_sources(path: Path, fmt: str) -> set[str]:
+    """Sources already present in an earlier output file (for --resume)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return set()
+    done: set[str] = set()
+    with open(path, encoding="utf-8", newline="") as f:
+        if fmt == "jsonl":
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    done.add(json.loads(line)["source"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a line cut by an interrupted run: that input is redone
+        elif fmt == "csv":
+            done = {r["source"] for r in csv.DictReader(f) if r.get("source")}
+        else:
+            raise ConfigError("--resume needs --format jsonl or csv")
+    return done
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    if args.engine == "ray":
+        mod = importlib.import_module("wildvision.scale._cli")
+        return int(mod.run_classify(args))
+    from .predict import Classifier
+
+    paths = list(args.paths)
+    if args.files_from:
+        src = sys.stdin if args.files_from == "-" else open(args.files_from, encoding="utf-8")
+        with src:
+            paths += [line.strip() for line in src if line.strip()]
+    if not paths:
+        raise ConfigError("no inputs: give image files or folders (or --files-from)")
+    inputs = collect_inputs(paths, args.recursive)
+    append = False
+    if args.resume:
+        if not args.output or args.output == "-":
+            raise ConfigError("--resume needs --output FILE")
+        done = _done_sources(Path(args.output), args.format)
+        before = len(inputs)
+        inputs = [p for p in inputs if p not in done]
+        append = bool(done)
+        print(f"resume: {before - len(inputs)} of {before} inputs already done", file=sys.stderr)
+    thresholds = _parse_thresholds(args.threshold or [])
+    clf = Classifier(
+        args.model, backend=args.backend, precision=args.precision, threads=args.threads,
+        decode_workers=args.decode_workers, thresholds=thresholds or None, top_k=args.top_k,
+    )
+    out: TextIO
+    if args.output and args.output != "-":
+        out = open(args.output, "a" if append else "w", encoding="utf-8", newline="")
+    else:
+        out = sys.stdout
+    show = args.progress if args.progress is not None else (sys.stderr.isatty() and len(inputs) > 50)
+    progress = Progress(len(inputs), show)
+    failed = 0
+    try:
+        writer = _Writer(args.format, out, append)
+        for r in clf.iter_classify(inputs, batch_size=args.batch_size):
+            writer.write(r.to_dict())
+            progress.update(r.ok)
+            failed += 0 if r.ok else 1
+    finally:
+        progress.close()
+        if out is not sys.stdout:
+            out.close()
+    if failed:
+        print(f"{failed} of {len(inputs)} inputs failed (see their error_type/message)",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    from .registry import builtin_models, default_model_name
+    from .modelpack import load_package
+
+    models = builtin_models()
+    if not models:
+        print("no models installed", file=sys.stderr)
+        return 0
+    default = default_model_name()
+    for name, path in models.items():
+        try:
+            card = load_package(path, verify=False).card
+            mark = " (default)" if name == default else ""
+            print(f"{name}{mark}\t{card.version}\t{','.join(card.groups)}\t{path}")
+        except WildvisionError as e:
+            print(f"{name}\tBROKEN: {e}")
+    return 0
+
+
+def _cmd_models_show(args: argparse.Namespace) -> int:
+    from .registry import resolve_model
+
+    pkg = resolve_model(args.name)
+    if args.json:
+        print(json.dumps(pkg.card.to_dict(), indent=2))
+    else:
+        readme = pkg.path / "README.md"
+        if readme.is_file():
+            print(readme.read_text(encoding="utf-8"))
+        else:
+            from .modelcard_md import render_card
+
+            print(render_card(pkg.card))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wildvision",
+        description="Find wildlife-trafficking products and live protected animals in photos.",
+    )
+    parser.add_argument("--version", action="version", version=f"wildvision {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser("classify", help="classify image files or folders",
+                       description="Classify images; one result line per input, in order.")
+    c.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders")
+    c.add_argument("--files-from", metavar="FILE", help="read more input paths from FILE (- = stdin)")
+    c.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
+    c.add_argument("-m", "--model", default=None,
+                   help="model name, package folder or hf://org/name (default: wildvision-base)")
+    c.add_argument("-f", "--format", choices=("jsonl", "csv", "table"), default="jsonl")
+    c.add_argument("-o", "--output", default=None, help="output file (default: stdout)")
+    c.add_argument("--resume", action="store_true",
+                   help="skip inputs already in --output and append the rest")
+    c.add_argument("-b", "--batch-size", type=int, default=32)
+    c.add_argument("-t", "--threads", type=int, default=None, help="inference threads")
+    c.add_argument("--decode-workers", type=int, default=None, help="image decoding threads")
+    c.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
+    c.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
+    c.add_argument("--threshold", action="append", metavar="GROUP=FLAG[:REVIEW]",
+                   help="override a group's thresholds, e.g. ivory=0.9:0.5 (repeatable)")
+    c.add_argument("--top-k", type=int, default=3)
+    c.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="ray: score with Ray Data ([scale] extra), output must be .parquet")
+    c.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress line on stderr (default: on a terminal, for > 50 inputs)")
+    c.set_defaults(func=_cmd_classify)
+
+    m = sub.add_parser("models", help="list installed models or show a model card")
+    msub = m.add_subparsers(dest="models_command", metavar="ACTION")
+    ml = msub.add_parser("list", help="list installed models")
+    ml.set_defaults(func=_cmd_models_list)
+    ms = msub.add_parser("show", help="print a model's card")
+    ms.add_argument("name", help="model name, folder or hf://org/name")
+    ms.add_argument("--json", action="store_true", help="print card.json instead of the README")
+    ms.set_defaults(func=_cmd_models_show)
+
+    for _name, modname in _PLUGINS.items():
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError:
+            continue  # subpackage not present in this install
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 1 failures, 2 usage)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        if args.command == "models":
+            parser.parse_args(["models", "--help"])
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        if args.debug:
+            raise
+        print(f"wildvision: error: {e}", file=sys.stderr)
+        return 2
+    except (WildvisionError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"wildvision: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,476 @@
+"""From decoded images to :class:`Prediction` records: batching, the overlapped decode/infer
+pipeline, temperature calibration, group probabilities and flag/review/pass decisions."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+
+from .errors import ConfigError, WildvisionError
+from .imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, decode_image, source_name
+from .modelpack import ModelPackage, Thresholds
+from .preprocess import preprocess_image
+from .registry import resolve_model
+from .runtime import Backend, create_backend
+from .taxonomy import FLAGGABLE_GROUPS
+
+__all__ = [
+    "LabelScore",
+    "GroupResult",
+    "Prediction",
+    "Failure",
+    "Result",
+    "Classifier",
+    "classify_image",
+    "classify_images",
+    "iter_classify",
+    "softmax",
+]
+
+DECISIONS = ("flag", "review", "pass")
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    """A fine label with its calibrated probability."""
+
+    label: str
+    group: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """A group's calibrated probability and the decision its thresholds give."""
+
+    group: str
+    probability: float
+    decision: str
+    flag_threshold: float
+    review_threshold: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The result for one image.
+
+    Attributes:
+        source: the input's name (path, or ``<bytes>`` ...).
+        decision: overall ``flag`` / ``review`` / ``pass``: the strongest decision over the
+            flaggable groups.
+        top_group: the most probable group (``benign`` included).
+        groups: every group the model covers, with probability and decision.
+        top_labels: the most probable fine labels.
+        model, model_version: which model made this result (for audits).
+        image_sha256: sha256 of the input bytes (of the RGB pixels for PIL/array inputs).
+        width, height: the stored image's size in pixels.
+        embedding: the pooled embedding, only when asked for (``return_embedding=True``).
+    """
+
+    source: str
+    decision: str
+    top_group: str
+    groups: tuple[GroupResult, ...]
+    top_labels: tuple[LabelScore, ...]
+    model: str
+    model_version: str
+    image_sha256: str
+    width: int
+    height: int
+    embedding: tuple[float, ...] | None = field(default=None, repr=False)
+
+    ok = True
+
+    @property
+    def flagged(self) -> bool:
+        return self.decision == "flag"
+
+    @property
+    def flagged_groups(self) -> tuple[str, ...]:
+        return tuple(g.group for g in self.groups if g.decision == "flag")
+
+    def group(self, name: str) -> GroupResult:
+        for g in self.groups:
+            if g.group == name:
+                return g
+        raise KeyError(f"model {self.model} has no group {name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "source": self.source,
+            "ok": True,
+            "decision": self.decision,
+            "flagged_groups": list(self.flagged_groups),
+            "top_group": self.top_group,
+            "groups": {
+                g.group: {
+                    "probability": round(g.probability, 6),
+                    "decision": g.decision,
+                    "flag_threshold": g.flag_threshold,
+                    "review_threshold": g.review_threshold,
+                }
+                for g in self.groups
+            },
+            "top_labels": [
+                {"label": s.label, "group": s.group, "probability": round(s.probability, 6)}
+                for s in self.top_labels
+            ],
+            "model": self.model,
+            "model_version": self.model_version,
+            "image_sha256": self.image_sha256,
+            "width": self.width,
+            "height": self.height,
+        }
+        if self.embedding is not None:
+            d["embedding"] = list(self.embedding)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An input that could not be classified, in its slot of a batch."""
+
+    source: str
+    error_type: str
+    message: str
+    model: str = ""
+    model_version: str = ""
+
+    ok = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "ok": False,
+            "error_type": self.error_type,
+            "message": self.message,
+            "model": self.model,
+            "model_version": self.model_version,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+Result = Union[Prediction, Failure]
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature`` in float64."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    out: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return out
+
+
+ThresholdSpec = Mapping[str, Union[Thresholds, Mapping[str, float], float]]
+
+
+def _merge_thresholds(package: ModelPackage, overrides: ThresholdSpec | None
+                      ) -> dict[str, Thresholds]:
+    card = package.card
+    out = {g: card.threshold(g) for g in card.groups}
+    for group, spec in (overrides or {}).items():
+        if group not in out:
+            raise ConfigError(
+                f"threshold for unknown group {group!r}; model {card.name} has groups "
+                f"{', '.join(card.groups)}"
+            )
+        if isinstance(spec, Thresholds):
+            out[group] = spec
+        elif isinstance(spec, (int, float)):
+            out[group] = Thresholds(flag=float(spec), review=min(float(spec), out[group].review))
+        else:
+            unknown = set(spec) - {"flag", "review"}
+            if unknown:
+                raise ConfigError(f"threshold keys must be 'flag'/'review', got {sorted(unknown)}")
+            flag = float(spec.get("flag", out[group].flag))
+            review = float(spec.get("review", min(out[group].review, flag)))
+            out[group] = Thresholds(flag=flag, review=review)
+    return out
+
+
+@dataclass
+class _Prepared:
+    index: int
+    source: str
+    tensor: np.ndarray | None = None
+    sha256: str = ""
+    size: tuple[int, int] = (0, 0)
+    error: BaseException | None = None
+
+
+class Classifier:
+    """A loaded model with its runtime and decision policy; reuse it for many images.
+
+    Args:
+        model: ``None`` (the default model), a name, a package folder, ``hf://org/name`` or a
+            :class:`~wildvision.modelpack.ModelPackage`.
+        backend: ``onnx`` (default) or ``torch`` (``[torch]`` extra).
+        precision: ``fp32`` or ``int8`` (if the package ships ``model.int8.onnx``).
+        threads: inference threads (ONNX Runtime intra-op); ``None`` lets the runtime choose.
+        decode_workers: threads decoding images while the model runs the previous batch.
+        thresholds: per-group overrides, e.g. ``{"ivory": {"flag": 0.9, "review": 0.5}}`` or
+            ``{"ivory": 0.9}`` (flag only).
+        top_k: how many fine labels each prediction lists.
+        max_pixels, max_bytes: image safety limits (see :func:`wildvision.load_image`).
+        return_embedding: put the pooled embedding in each prediction.
+
+    Example:
+        >>> clf = Classifier("wildvision-base")  # doctest: +SKIP
+        >>> for r in clf.iter_classify(paths, batch_size=32):  # doctest: +SKIP
+        ...     print(r.source, r.decision if r.ok else r.error_type)
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | ModelPackage | None = None,
+        *,
+        backend: str = "onnx",
+        precision: str = "fp32",
+        threads: int | None = None,
+        decode_workers: int | None = None,
+        thresholds: ThresholdSpec | None = None,
+        top_k: int = 3,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        return_embedding: bool = False,
+    ) -> None:
+        self.package = resolve_model(model)
+        self.card = self.package.card
+        self.backend: Backend = create_backend(
+            self.package, backend, precision=precision, threads=threads
+        )
+        self.precision = precision
+        self.thresholds = _merge_thresholds(self.package, thresholds)
+        if top_k < 1:
+            raise ConfigError(f"top_k must be >= 1, got {top_k}")
+        self.top_k = min(top_k, len(self.card.labels))
+        self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
+        self.return_embedding = return_embedding
+        self.decode_workers = decode_workers or max(1, min(4, (os.cpu_count() or 2)))
+        labels = self.card.labels
+        self._groups = self.card.groups
+        self._group_matrix = np.zeros((len(labels), len(self._groups)), dtype=np.float64)
+        for i, lab in enumerate(labels):
+            self._group_matrix[i, self._groups.index(self.card.label_groups[lab])] = 1.0
+        self._lock = threading.Lock()
+
+    # -- single steps -------------------------------------------------------------------
+    def _prepare(self, index: int, source: ImageSource) -> _Prepared:
+        name = source_name(source)
+        try:
+            dec = decode_image(
+                source,
+                max_pixels=self.max_pixels,
+                max_bytes=self.max_bytes,
+                draft_size=self.card.preprocess.draft_size,
+            )
+            tensor = preprocess_image(dec.image, self.card.preprocess)
+            return _Prepared(index, name, tensor, dec.sha256, dec.original_size)
+        except WildvisionError as e:
+            return _Prepared(index, name, error=e)
+        except Exception as e:  # a decoder bug must not take the batch down; keep its type
+            return _Prepared(index, name, error=e)
+
+    def _failure(self, p: _Prepared) -> Failure:
+        err = p.error
+        return Failure(
+            source=p.source,
+            error_type=type(err).__name__,
+            message=str(err),
+            model=self.card.name,
+            model_version=self.card.version,
+        )
+
+    def predict_arrays(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the backend on a preprocessed float32 NCHW batch; adds ``probabilities``
+        (calibrated, per fine label) and ``group_probabilities`` (per ``card.groups``)."""
+        outputs = self.backend.run(batch)
+        probs = softmax(outputs["logits"], self.card.temperature)
+        outputs = dict(outputs)
+        outputs["probabilities"] = probs
+        outputs["group_probabilities"] = probs @ self._group_matrix
+        return outputs
+
+    def _make_prediction(self, p: _Prepared, probs: np.ndarray, gprobs: np.ndarray,
+                         emb: np.ndarray | None) -> Prediction:
+        groups = []
+        overall = "pass"
+        for gi, g in enumerate(self._groups):
+            prob = float(gprobs[gi])
+            th = self.thresholds[g]
+            decision = th.decide(prob) if g in FLAGGABLE_GROUPS else "pass"
+            if DECISIONS.index(decision) < DECISIONS.index(overall):
+                overall = decision
+            groups.append(GroupResult(g, prob, decision, th.flag, th.review))
+        order = np.argsort(-probs, kind="stable")[: self.top_k]
+        labels = self.card.labels
+        top = tuple(
+            LabelScore(labels[i], self.card.label_groups[labels[i]], float(probs[i])) for i in order
+        )
+        top_group = self._groups[int(np.argmax(gprobs))]
+        return Prediction(
+            source=p.source,
+            decision=overall,
+            top_group=top_group,
+            groups=tuple(groups),
+            top_labels=top,
+            model=self.card.name,
+            model_version=self.card.version,
+            image_sha256=p.sha256,
+            width=p.size[0],
+            height=p.size[1],
+            embedding=tuple(float(v) for v in emb) if emb is not None else None,
+        )
+
+    def _infer(self, prepared: list[_Prepared]) -> list[Result]:
+        ok = [p for p in prepared if p.error is None]
+        results: dict[int, Result] = {p.index: self._failure(p) for p in prepared if p.error}
+        if ok:
+            batch = np.stack([p.tensor for p in ok])  # type: ignore[misc]
+            try:
+                with self._lock:  # one run at a time per session keeps memory bounded
+                    out = self.predict_arrays(batch)
+            except Exception as e:  # e.g. the runtime failing: every item records it
+                for p in ok:
+                    p.error = e
+                    results[p.index] = self._failure(p)
+            else:
+                emb = out.get("embedding") if self.return_embedding else None
+                for row, p in enumerate(ok):
+                    results[p.index] = self._make_prediction(
+                        p, out["probabilities"][row], out["group_probabilities"][row],
+                        emb[row] if emb is not None else None,
+                    )
+        return [results[p.index] for p in prepared]
+
+    # -- public API ----------------------------------------------------------------------
+    def classify(self, source: ImageSource) -> Prediction:
+        """Classify one image.
+
+        Raises:
+            InvalidImageError, ImageTooLargeError, UnsupportedFormatError: a bad input.
+        """
+        p = self._prepare(0, source)
+        if p.error is not None:
+            raise p.error
+        result = self._infer([p])[0]
+        if isinstance(result, Failure):
+            raise WildvisionError(f"{result.source}: {result.message}")
+        return result
+
+    def iter_classify(self, sources: Iterable[ImageSource], *, batch_size: int = 32
+                      ) -> Iterator[Result]:
+        """Classify a stream of images; yields one result per input, in input order.
+
+        Decoding runs in ``decode_workers`` threads while the model runs the previous batch.
+        At most two batches are decoded ahead, so memory stays bounded on endless streams.
+        A bad input yields a :class:`Failure` in its slot; the stream goes on.
+        """
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        it = iter(enumerate(sources))
+        max_ahead = 2 * batch_size
+        pending: deque[Future[_Prepared]] = deque()
+        with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="wv-decode") as pool:
+            exhausted = False
+
+            def fill() -> None:
+                nonlocal exhausted
+                while not exhausted and len(pending) < max_ahead:
+                    try:
+                        i, src = next(it)
+                    except StopIteration:
+                        exhausted = True
+                        return
+                    pending.append(pool.submit(self._prepare, i, src))
+
+            fill()
+            try:
+                while pending:
+                    chunk = [pending.popleft().result()
+                             for _ in range(min(batch_size, len(pending)))]
+                    fill()  # keep decoding the next batch while this one runs
+                    yield from self._infer(chunk)
+            finally:
+                for f in pending:
+                    f.cancel()
+
+    def classify_many(self, sources: Iterable[ImageSource], *, batch_size: int = 32
+                      ) -> list[Result]:
+        """Like :meth:`iter_classify`, as a list."""
+        return list(self.iter_classify(sources, batch_size=batch_size))
+
+
+_CACHE: dict[tuple[Any, ...], Classifier] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _cached_classifier(model: Any, opts: dict[str, Any]) -> Classifier:
+    if isinstance(model, ModelPackage):
+        return Classifier(model, **opts)
+    key_opts = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str))
+                            for k, v in opts.items()))
+    key = (os.fspath(model) if model is not None else None, key_opts)
+    with _CACHE_LOCK:
+        clf = _CACHE.get(key)
+        if clf is None:
+            if len(_CACHE) >= 4:
+                _CACHE.pop(next(iter(_CACHE)))
+            clf = _CACHE[key] = Classifier(model, **opts)
+    return clf
+
+
+def classify_image(source: ImageSource, model: Any = None, **opts: Any) -> Prediction:
+    """Classify one image.
+
+    Args:
+        source: a path, bytes, a binary file object, a PIL image or an HxWx3 uint8 array.
+        model: ``None`` (the default model), a name, a package folder or ``hf://org/name``.
+        **opts: options of :class:`Classifier` (``thresholds``, ``precision``, ``threads`` ...).
+
+    Returns:
+        A :class:`Prediction`.
+
+    Raises:
+        InvalidImageError: the input is not a readable image (typed subclasses for too-large
+            and unsupported inputs).
+        ModelNotInstalledError: no model given and no default model installed.
+        UnknownModelError: an unknown model name.
+
+    Example:
+        >>> p = classify_image("listing.jpg")  # doctest: +SKIP
+        >>> p.decision, p.group("ivory").probability  # doctest: +SKIP
+        ('flag', 0.97)
+    """
+    return _cached_classifier(model, opts).classify(source)
+
+
+def iter_classify(sources: Iterable[ImageSource], model: Any = None, *, batch_size: int = 32,
+                  **opts: Any) -> Iterator[Result]:
+    """Stream results (:class:`Prediction` or :class:`Failure`) in input order."""
+    return _cached_classifier(model, opts).iter_classify(sources, batch_size=batch_size)
+
+
+def classify_images(sources: Sequence[ImageSource] | Iterable[ImageSource], model: Any = None, *,
+                    batch_size: int = 32, **opts: Any) -> list[Result]:
+    """Classify many images; one :class:`Prediction` or :class:`Failure` per input, in order.
+
+    A bad image never fails the batch: it yields a :class:`Failure` (source, error type,
+    message) in its slot.
+    """
+    return list(iter_classify(sources, model, batch_size=batch_size, **opts))

@@ -1,0 +1,195 @@
+"""The wildvision taxonomy: the one source of class names.
+
+Two levels:
+
+* **groups** — what a moderation policy acts on: ``ivory``, ``rhino_horn``, ``pangolin``
+  (scales and parts), ``tiger_parts`` (skins, teeth, claws, bones), ``live_protected_animal``
+  and ``benign``;
+* **fine labels** — species or product types (``live_tiger``, ``ivory_carving``,
+  ``domestic_cat`` ...), each mapped to exactly one group, with the CITES appendix where one
+  applies.
+
+A model predicts fine labels (the ``labels`` of its card); group probabilities are the sum of
+the probabilities of the fine labels in that group. A model may be trained on a subset of the
+fine labels, or on new fine labels added by :func:`register_label` (a retraining run records
+them in its card, so the card stays self-describing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+__all__ = [
+    "GROUPS",
+    "FLAGGABLE_GROUPS",
+    "Group",
+    "FineLabel",
+    "FINE_LABELS",
+    "fine_label",
+    "group_of",
+    "labels_in_group",
+    "register_label",
+]
+
+
+@dataclass(frozen=True)
+class Group:
+    """A policy group."""
+
+    name: str
+    description: str
+    flaggable: bool
+
+
+@dataclass(frozen=True)
+class FineLabel:
+    """A fine label (species or product type) and the group it belongs to."""
+
+    name: str
+    group: str
+    description: str
+    cites_appendix: str | None = None  # "I", "II", "I/II" or None (not CITES-listed / n.a.)
+    has_public_data: bool = True  # False: no public photos exist in the reference data
+
+
+GROUPS: tuple[Group, ...] = (
+    Group("ivory", "Elephant (and mammoth/walrus/hippo) ivory: carvings, tusks, jewellery", True),
+    Group("rhino_horn", "Rhinoceros horn, raw or carved, and horn powder", True),
+    Group("pangolin", "Pangolin scales and body parts", True),
+    Group("tiger_parts", "Tiger skins, teeth, claws, bones and derived products", True),
+    Group("live_protected_animal", "Live animals of CITES-listed or protected species", True),
+    Group("benign", "Everything else, including legal look-alikes (bone, horn, resin, ceramics)",
+          False),
+)
+GROUP_NAMES: tuple[str, ...] = tuple(g.name for g in GROUPS)
+FLAGGABLE_GROUPS: tuple[str, ...] = tuple(g.name for g in GROUPS if g.flaggable)
+
+_F = FineLabel
+_BUILTIN: tuple[FineLabel, ...] = (
+    # ivory
+    _F("ivory_carving", "ivory", "Carved ivory objects: figures, netsuke, boxes, inlays", "I/II"),
+    _F("raw_tusk", "ivory", "Whole or cut raw tusks", "I/II", has_public_data=False),
+    _F("ivory_jewellery", "ivory", "Ivory bangles, beads, pendants, chopsticks", "I/II",
+       has_public_data=False),
+    # rhino horn
+    _F("rhino_horn_raw", "rhino_horn", "Whole or cut raw rhino horn", "I", has_public_data=False),
+    _F("rhino_horn_carved", "rhino_horn", "Carved rhino horn: cups, beads, bangles", "I",
+       has_public_data=False),
+    # pangolin
+    _F("pangolin_scales", "pangolin", "Loose pangolin scales", "I", has_public_data=False),
+    _F("pangolin_parts", "pangolin", "Pangolin skins, claws and products", "I",
+       has_public_data=False),
+    # tiger parts
+    _F("tiger_skin", "tiger_parts", "Tiger skins and pelts", "I", has_public_data=False),
+    _F("tiger_teeth_claws", "tiger_parts", "Tiger teeth and claws, loose or in jewellery", "I",
+       has_public_data=False),
+    _F("tiger_bone", "tiger_parts", "Tiger bones, bone wine, bone glue", "I",
+       has_public_data=False),
+    # live protected animals
+    _F("live_tiger", "live_protected_animal", "Tiger (Panthera tigris)", "I"),
+    _F("live_lion", "live_protected_animal", "Lion (Panthera leo)", "II"),
+    _F("live_leopard", "live_protected_animal", "Leopard, incl. Amur leopard (Panthera pardus)",
+       "I"),
+    _F("live_cheetah", "live_protected_animal", "Cheetah (Acinonyx jubatus)", "I"),
+    _F("live_spotted_bigcat", "live_protected_animal", "Spotted big cat (leopard/jaguar)", "I"),
+    _F("live_cougar", "live_protected_animal", "Cougar / puma (Puma concolor)", "II"),
+    _F("live_bigcat_other", "live_protected_animal", "Other big cats (snow leopard, jaguar...)",
+       "I"),
+    _F("live_wild_smallcat", "live_protected_animal", "Wild small cats (ocelot, serval, caracal...)",
+       "I/II"),
+    _F("live_elephant", "live_protected_animal", "Elephants (Loxodonta, Elephas)", "I/II"),
+    _F("live_rhino", "live_protected_animal", "Rhinoceroses", "I"),
+    _F("live_primate", "live_protected_animal", "Monkeys and apes", "I/II"),
+    _F("live_loris", "live_protected_animal", "Slow lorises (Nycticebus)", "I"),
+    _F("live_pangolin", "live_protected_animal", "Live pangolins (Manis, Phataginus, Smutsia)",
+       "I"),
+    _F("live_parrot", "live_protected_animal", "Parrots, macaws and cockatoos", "I/II"),
+    _F("live_reptile", "live_protected_animal", "Lizards and snakes of listed species", "I/II"),
+    _F("live_crocodile", "live_protected_animal", "Crocodiles and alligators", "I/II"),
+    _F("live_turtle_tortoise", "live_protected_animal", "Turtles and tortoises (e.g. hawksbill)",
+       "I/II"),
+    _F("live_exotic_other", "live_protected_animal", "Other exotic wild animals", None),
+    # benign
+    _F("domestic_cat", "benign", "Domestic cats"),
+    _F("domestic_dog", "benign", "Domestic dogs"),
+    _F("pet_other", "benign", "Common pets and pet birds (budgies, hamsters, fish)"),
+    _F("ceramics", "benign", "Ceramics, porcelain and pottery (ivory look-alike)"),
+    _F("statue_figurine", "benign", "Statues and figurines of stone, resin, metal, wood"),
+    _F("tableware", "benign", "Cups, ewers, jugs"),
+    _F("bone_horn_craft", "benign",
+       "Legal bone and buffalo-horn crafts: beads, combs, dice, handles (ivory/horn look-alike)"),
+    _F("animal_print_textile", "benign", "Cowhide and animal-print rugs and textiles"),
+    _F("clothing", "benign", "Garments and shoes"),
+    _F("consumer_product", "benign", "Listing photos of everyday products"),
+    _F("plush_toy", "benign", "Plush toys, including of protected species"),
+    _F("watch", "benign", "Watches"),
+    _F("furniture", "benign", "Chairs and furniture"),
+    _F("everyday_object", "benign", "Vehicles, instruments, electronics, food, plants, people..."),
+    _F("background_scene", "benign", "Scenes and backgrounds with no main object"),
+)
+
+_REGISTRY: dict[str, FineLabel] = {f.name: f for f in _BUILTIN}
+FINE_LABELS: tuple[str, ...] = tuple(f.name for f in _BUILTIN)
+
+
+def fine_label(name: str) -> FineLabel:
+    """Return the :class:`FineLabel` called ``name``.
+
+    Raises:
+        ConfigError: ``name`` is not a fine label; the message lists the known ones.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown fine label {name!r}; known labels: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+
+
+def group_of(name: str) -> str:
+    """Return the group of fine label ``name``."""
+    return fine_label(name).group
+
+
+def labels_in_group(group: str) -> tuple[str, ...]:
+    """All registered fine labels of ``group``."""
+    if group not in GROUP_NAMES:
+        raise ConfigError(f"unknown group {group!r}; groups: {', '.join(GROUP_NAMES)}")
+    return tuple(f.name for f in _REGISTRY.values() if f.group == group)
+
+
+def register_label(label: FineLabel) -> FineLabel:
+    """Add a new fine label (e.g. a new species for retraining) to the taxonomy.
+
+    Registering the same definition twice is a no-op; a conflicting one is an error.
+    """
+    if label.group not in GROUP_NAMES:
+        raise ConfigError(
+            f"fine label {label.name!r}: unknown group {label.group!r}; "
+            f"groups: {', '.join(GROUP_NAMES)}"
+        )
+    if not label.name.isidentifier() or label.name != label.name.lower():
+        raise ConfigError(f"fine label {label.name!r} must be lower_snake_case")
+    old = _REGISTRY.get(label.name)
+    if old is not None and old.group != label.group:
+        raise ConfigError(
+            f"fine label {label.name!r} already exists in group {old.group!r}, not {label.group!r}"
+        )
+    _REGISTRY.setdefault(label.name, label)
+    return _REGISTRY[label.name]
+
+
+def ensure_labels(label_groups: Iterable[tuple[str, str]]) -> None:
+    """Make sure each ``(fine_label, group)`` pair is known, registering new ones."""
+    for name, group in label_groups:
+        if name in _REGISTRY:
+            if _REGISTRY[name].group != group:
+                raise ConfigError(
+                    f"label {name!r} is in group {_REGISTRY[name].group!r} in the taxonomy "
+                    f"but {group!r} in the model card"
+                )
+        else:
+            register_label(FineLabel(name, group, "added by a model card or recipe"))
