@@ -12,19 +12,17 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib
-import io
 import json
-import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from ._version import __version__
 from .errors import ConfigError, WildvisionError
 
-__all__ = ["main", "IMAGE_EXTENSIONS", "collect_inputs"]
+__all__ = ["IMAGE_EXTENSIONS", "collect_inputs", "main"]
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".mpo"}
@@ -226,8 +224,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_list(args: argparse.Namespace) -> int:
-    from .registry import builtin_models, default_model_name
     from .modelpack import load_package
+    from .registry import builtin_models, default_model_name
 
     models = builtin_models()
     if not models:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 __all__ = [
-    "WildvisionError",
-    "InvalidImageError",
-    "ImageTooLargeError",
-    "UnsupportedFormatError",
-    "UnknownModelError",
-    "ModelIntegrityError",
-    "ModelNotInstalledError",
-    "MissingExtraError",
     "ConfigError",
     "DataError",
+    "ImageTooLargeError",
+    "InvalidImageError",
+    "MissingExtraError",
+    "ModelIntegrityError",
+    "ModelNotInstalledError",
+    "UnknownModelError",
+    "UnsupportedFormatError",
+    "WildvisionError",
 ]
 
 

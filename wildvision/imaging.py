@@ -22,14 +22,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import ImageTooLargeError, InvalidImageError, UnsupportedFormatError
 
 __all__ = [
-    "ImageSource",
-    "DecodedImage",
-    "load_image",
-    "decode_image",
-    "source_name",
-    "DEFAULT_MAX_PIXELS",
     "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_PIXELS",
     "SUPPORTED_FORMATS",
+    "DecodedImage",
+    "ImageSource",
+    "decode_image",
+    "load_image",
+    "source_name",
 ]
 
 ImageSource = Union[str, os.PathLike[str], bytes, bytearray, memoryview, IO[bytes], Image.Image,
@@ -40,6 +40,12 @@ DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 # Formats a seller's upload can reasonably be in. Anything else Pillow happens to read
 # (ICO, PSD, EPS via ghostscript ...) is refused rather than guessed at.
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF"})
+# What Pillow's decoders raise on corrupt data (plugins are not consistent about it). Anything
+# else (MemoryError, KeyboardInterrupt ...) is not a property of the file and propagates.
+_DECODER_ERRORS = (
+    OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError,
+    ZeroDivisionError, AttributeError, NotImplementedError, struct_error,
+)
 
 
 @dataclass(frozen=True)
@@ -90,8 +96,9 @@ def _read_source_bytes(source: object, name: str, max_bytes: int) -> bytes:
             size = path.stat().st_size
         except FileNotFoundError:
             raise InvalidImageError(f"{name}: file not found") from None
-        except OSError as e:
-            raise InvalidImageError(f"{name}: cannot read file ({e.strerror or e})") from e
+        except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+            reason = getattr(e, "strerror", None) or e
+            raise InvalidImageError(f"{name}: cannot read file ({reason})") from e
         if path.is_dir():
             raise InvalidImageError(f"{name}: is a directory, not an image file")
         if size > max_bytes:
@@ -99,10 +106,12 @@ def _read_source_bytes(source: object, name: str, max_bytes: int) -> bytes:
                 f"{name}: file is {size:,} bytes, over the limit of {max_bytes:,} bytes"
             )
         try:
-            return path.read_bytes()
+            # Bounded read: a device or a file growing meanwhile cannot exhaust memory.
+            with open(path, "rb") as f:
+                data = f.read(max_bytes + 1)
         except OSError as e:
             raise InvalidImageError(f"{name}: cannot read file ({e.strerror or e})") from e
-    if isinstance(source, (bytes, bytearray, memoryview)):
+    elif isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     elif hasattr(source, "read"):
         try:
@@ -147,7 +156,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
         arr8 = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
         return Image.fromarray(np.stack([arr8] * 3, axis=-1), "RGB")
-    if mode in ("L", "1", "P", "CMYK", "YCbCr", "LAB", "HSV"):
+    if mode in ("L", "1", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
         return img.convert("RGB")
     raise UnsupportedFormatError(f"unsupported image mode {mode!r}")
 
@@ -163,14 +172,16 @@ def _decode_bytes(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
-        raise ImageTooLargeError(f"{name}: image dimensions exceed the pixel limit ({e})") from e
+        raise ImageTooLargeError(
+            f"{name}: image dimensions exceed the pixel limit, refused before decoding ({e})"
+        ) from e
     except UnidentifiedImageError as e:
         head = data[:64].lstrip().lower()
         hint = ""
         if head.startswith((b"<!doctype", b"<html", b"<?xml", b"{", b"<svg")):
             hint = " (looks like HTML/XML/JSON text, not an image)"
         raise InvalidImageError(f"{name}: not a recognised image format{hint}") from e
-    except (OSError, SyntaxError, ValueError) as e:
+    except _DECODER_ERRORS as e:
         raise InvalidImageError(f"{name}: corrupt image header ({e})") from e
     fmt = img.format or "unknown"
     if fmt not in SUPPORTED_FORMATS:
@@ -202,7 +213,7 @@ def _decode_bytes(
         raise type(e)(f"{name}: {e}") from e
     except Image.DecompressionBombError as e:
         raise ImageTooLargeError(f"{name}: image exceeds the pixel limit ({e})") from e
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct_error) as e:
+    except _DECODER_ERRORS as e:
         raise InvalidImageError(f"{name}: truncated or corrupt image data ({e})") from e
     return rgb, (width, height)
 
@@ -243,7 +254,7 @@ def decode_image(
             rgb = _to_rgb(ImageOps.exif_transpose(img) or img)
         except UnsupportedFormatError as e:
             raise UnsupportedFormatError(f"{name}: {e}") from e
-        except (OSError, ValueError, SyntaxError, EOFError) as e:
+        except _DECODER_ERRORS as e:
             raise InvalidImageError(f"{name}: cannot read PIL image ({e})") from e
         digest = hashlib.sha256(np.ascontiguousarray(np.asarray(rgb)).tobytes()).hexdigest()
         return DecodedImage(rgb, digest, name, (w, h))

@@ -22,9 +22,9 @@ from .taxonomy import FLAGGABLE_GROUPS, GROUP_NAMES, ensure_labels
 
 __all__ = [
     "CARD_FORMAT",
-    "Thresholds",
     "ModelCard",
     "ModelPackage",
+    "Thresholds",
     "load_package",
     "sha256_file",
     "write_card",

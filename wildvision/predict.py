@@ -23,12 +23,12 @@ from .runtime import Backend, create_backend
 from .taxonomy import FLAGGABLE_GROUPS
 
 __all__ = [
-    "LabelScore",
-    "GroupResult",
-    "Prediction",
-    "Failure",
-    "Result",
     "Classifier",
+    "Failure",
+    "GroupResult",
+    "LabelScore",
+    "Prediction",
+    "Result",
     "classify_image",
     "classify_images",
     "iter_classify",

@@ -17,7 +17,7 @@ from PIL import Image
 
 from .errors import ConfigError
 
-__all__ = ["PreprocessConfig", "resize_crop", "normalize", "preprocess_image", "preprocess"]
+__all__ = ["PreprocessConfig", "normalize", "preprocess", "preprocess_image", "resize_crop"]
 
 _INTERPOLATIONS: dict[str, Image.Resampling] = {
     "nearest": Image.Resampling.NEAREST,
@@ -27,6 +27,9 @@ _INTERPOLATIONS: dict[str, Image.Resampling] = {
     "box": Image.Resampling.BOX,
 }
 _RESIZE_MODES = ("center_crop", "squash", "letterbox")
+# center_crop resizes the whole image (exactly as torchvision does) up to this many times the
+# crop area; beyond that (extreme aspect ratios) it resizes only the cropped region.
+_MAX_FULL_RESIZE = 8
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ class PreprocessConfig:
     def resize_size(self) -> int:
         """Shorter-side size before the centre crop (timm: ``floor(size / crop_pct)``)."""
         if self.resize_mode == "center_crop":
-            return int(math.floor(self.input_size / self.crop_pct))
+            return math.floor(self.input_size / self.crop_pct)
         return self.input_size
 
     @property
@@ -133,15 +136,20 @@ def resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
         nw, nh = short, int(short * h / w)
     else:
         nw, nh = int(short * w / h), short
-    if (nw, nh) != (w, h):
-        img = img.resize((max(nw, 1), max(nh, 1)), resample)
-    left = int(round((nw - size) / 2.0))
-    top = int(round((nh - size) / 2.0))
-    if left < 0 or top < 0:  # only when crop_pct > 1 would allow it; kept for safety
-        canvas = Image.new("RGB", (size, size), cfg.pad_value)
-        canvas.paste(img, (max(-left, 0), max(-top, 0)))
-        return canvas
-    return img.crop((left, top, left + size, top + size))
+    left = round((nw - size) / 2.0)
+    top = round((nh - size) / 2.0)
+    crop = (left, top, left + size, top + size)
+    if (nw, nh) == (w, h):
+        return img.crop(crop)
+    if nw * nh <= _MAX_FULL_RESIZE * size * size:
+        return img.resize((nw, nh), resample).crop(crop)
+    # An extreme aspect ratio (a 1x100000 strip would be resized to 256x25600000 first, gigabytes)
+    # resizes only the region the crop keeps. Pillow then runs its two passes in another order
+    # and on float32 box coordinates, so the result can differ from the full resize by a few grey
+    # levels; it is bounded in memory, which is what matters for such inputs.
+    sx, sy = w / nw, h / nh
+    box = (left * sx, top * sy, min(w, (left + size) * sx), min(h, (top + size) * sy))
+    return img.resize((size, size), resample, box=box)
 
 
 def normalize(array: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:

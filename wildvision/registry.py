@@ -10,15 +10,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import MissingExtraError, ModelIntegrityError, ModelNotInstalledError, UnknownModelError
+from .errors import (
+    MissingExtraError,
+    ModelIntegrityError,
+    ModelNotInstalledError,
+    UnknownModelError,
+)
 from .modelpack import ModelPackage, load_package
 
 __all__ = [
-    "DEFAULT_MODEL",
     "BUILTIN_DIR",
+    "DEFAULT_MODEL",
     "builtin_models",
-    "resolve_model",
     "default_model_name",
+    "resolve_model",
 ]
 
 DEFAULT_MODEL = "wildvision-base"

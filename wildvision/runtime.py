@@ -13,7 +13,7 @@ import numpy as np
 from .errors import ConfigError, MissingExtraError, ModelIntegrityError
 from .modelpack import ModelPackage
 
-__all__ = ["Backend", "OnnxBackend", "create_backend", "BACKENDS"]
+__all__ = ["BACKENDS", "Backend", "OnnxBackend", "create_backend"]
 
 BACKENDS = ("onnx", "torch")
 

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from .errors import ConfigError
 
 __all__ = [
-    "GROUPS",
-    "FLAGGABLE_GROUPS",
-    "Group",
-    "FineLabel",
     "FINE_LABELS",
+    "FLAGGABLE_GROUPS",
+    "GROUPS",
+    "FineLabel",
+    "Group",
     "fine_label",
     "group_of",
     "labels_in_group",
