@@ -1,0 +1,96 @@
+"""``run_bench``: the whole bench (predict, then render) as one function."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .report import render_report
+from .runner import git_commit, predict_to_file, read_bench_manifest, select_rows
+
+__all__ = ["run_bench"]
+
+
+def run_bench(
+    models: Sequence[str | os.PathLike[str]],
+    data: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    data_root: str | os.PathLike[str] | None = None,
+    split: str = "test",
+    suite: str | None = None,
+    batch_size: int = 32,
+    threads: int | None = None,
+    decode_workers: int | None = None,
+    backend: str = "onnx",
+    precision: str = "fp32",
+    n_resamples: int = 1000,
+    seed: int = 0,
+    plots: bool = True,
+    command: str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Benchmark models on a manifest: writes ``predictions.jsonl``, ``metrics.json``,
+    ``report.md`` and the plots into ``out_dir``.
+
+    Args:
+        models: model names, package folders or ``hf://org/name`` (one or more).
+        data: the manifest CSV (ground truth from its ``fine_label`` / ``group`` columns).
+        out_dir: the report folder (created).
+        data_root: the folder the manifest's paths are relative to (see
+            :func:`wildvision.data.read_manifest` for the default).
+        split: ``train``/``val``/``test``, or ``all`` for every row.
+        suite: a suite name or suite file (``wildvision.data.suites``) filtering the rows.
+        batch_size, threads, decode_workers, backend, precision: inference settings.
+        n_resamples, seed: bootstrap confidence intervals.
+        plots: write PNG plots (needs matplotlib).
+        command: the command line to record (default: a canonical ``wildvision bench ...``).
+        progress: called as ``progress(model_key, done, total)``.
+
+    Returns:
+        The ``metrics.json`` object.
+
+    Raises:
+        DataError: unreadable manifest, or nothing to evaluate.
+        ConfigError: bad options. UnknownModelError / ModelIntegrityError: a bad model.
+
+    Example:
+        >>> m = run_bench(["wildvision-base"], "manifest.csv", "report/")  # doctest: +SKIP
+        >>> m["models"][0]["headline"]["macro_f1_group"]  # doctest: +SKIP
+        {'value': 0.91, 'ci95': [0.89, 0.93]}
+    """
+    manifest = read_bench_manifest(data, None if data_root is None else str(data_root))
+    rows, suite_info = select_rows(manifest, split, suite)
+    if command is None:
+        import shlex
+
+        parts = ["wildvision", "bench"]
+        for m in models:
+            parts += ["--model", str(m)]
+        parts += ["--data", str(data)]
+        if data_root is not None:
+            parts += ["--data-root", str(data_root)]
+        parts += ["--split", split]
+        if suite:
+            parts += ["--suite", suite]
+        parts += ["--out", str(out_dir)]
+        command = shlex.join(parts)
+    run_info = {
+        "command": command,
+        "manifest": {"path": str(data), "sha256": manifest.sha256, "rows": len(manifest)},
+        "data_root": str(manifest.root),
+        "split": split,
+        "suite": suite_info,
+        "images": len(rows),
+        "git": git_commit(),
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pred = predict_to_file(
+        [str(m) for m in models], manifest, rows, out / "predictions.jsonl", run_info=run_info,
+        batch_size=batch_size, threads=threads, decode_workers=decode_workers, backend=backend,
+        precision=precision, progress=progress,
+    )
+    return render_report(pred, out, n_resamples=n_resamples, seed=seed, plots=plots)
