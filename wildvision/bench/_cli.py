@@ -33,13 +33,18 @@ def register(subparsers: Any) -> None:
                    help="with 'render': the predictions.jsonl to render")
     p.add_argument("-m", "--model", action="append", default=None, metavar="MODEL",
                    help="model name, package folder or hf://org/name (repeat to compare)")
-    p.add_argument("--data", metavar="MANIFEST", help="manifest CSV with fine_label/group")
+    p.add_argument("--data", metavar="MANIFEST",
+                   help="manifest CSV with fine_label/group (default with --suite: the "
+                        "suite's manifest)")
     p.add_argument("--data-root", metavar="DIR", default=None,
                    help="folder the manifest's paths are relative to")
-    p.add_argument("--split", default="test",
-                   help="train, val, test (default) or all")
+    p.add_argument("--split", default=None,
+                   help="train, val, test or all (default: test, or the suite's split)")
     p.add_argument("--suite", default=None, metavar="NAME",
-                   help="a suite of datasets/*/suites.yaml (or a suite file) filtering rows")
+                   help="a suite of datasets/wildvision-ref/suites.yaml, FILE#NAME or a suite "
+                        "file: the rows to evaluate (e.g. ivory-vs-lookalikes)")
+    p.add_argument("--positive-groups", default=None, metavar="G1,G2",
+                   help="groups of a binary task (default: the suite's positive_groups)")
     p.add_argument("-o", "--out", metavar="REPORT_DIR", help="report folder to write")
     p.add_argument("--from-predictions", metavar="PREDICTIONS", default=None,
                    help="re-render a report from a predictions.jsonl (no model run)")
@@ -61,12 +66,16 @@ def _canonical_command(args: argparse.Namespace) -> str:
     parts = ["wildvision", "bench"]
     for m in args.model or []:
         parts += ["--model", m]
-    parts += ["--data", args.data]
+    if args.data:
+        parts += ["--data", args.data]
     if args.data_root:
         parts += ["--data-root", args.data_root]
-    parts += ["--split", args.split]
+    if args.split:
+        parts += ["--split", args.split]
     if args.suite:
         parts += ["--suite", args.suite]
+    if args.positive_groups:
+        parts += ["--positive-groups", args.positive_groups]
     parts += ["--out", args.out]
     if args.batch_size != 32:
         parts += ["--batch-size", str(args.batch_size)]
@@ -117,8 +126,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.model:
         raise ConfigError("wildvision bench needs at least one --model")
-    if not args.data:
-        raise ConfigError("wildvision bench needs --data MANIFEST")
+    if not args.data and not args.suite:
+        raise ConfigError("wildvision bench needs --data MANIFEST (or a --suite)")
+    positive = None
+    if args.positive_groups:
+        positive = [g.strip() for g in args.positive_groups.split(",") if g.strip()]
     from .api import run_bench
 
     show = args.progress if args.progress is not None else sys.stderr.isatty()
@@ -137,8 +149,8 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = run_bench(
         args.model, args.data, args.out, data_root=args.data_root, split=args.split,
-        suite=args.suite, batch_size=args.batch_size, threads=args.threads,
-        decode_workers=args.decode_workers, backend=args.backend, precision=args.precision,
+        suite=args.suite, positive_groups=positive, batch_size=args.batch_size,
+        threads=args.threads, decode_workers=args.decode_workers, backend=args.backend, precision=args.precision,
         n_resamples=args.bootstrap, seed=args.seed, plots=not args.no_plots,
         command=_canonical_command(args), progress=progress if show else None,
     )

@@ -7,20 +7,30 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
+from ..taxonomy import GROUP_NAMES
 from .report import render_report
-from .runner import git_commit, predict_to_file, read_bench_manifest, select_rows
+from .runner import (
+    git_commit,
+    load_bench_suite,
+    predict_to_file,
+    read_bench_manifest,
+    select_rows,
+    suite_manifest,
+)
 
 __all__ = ["run_bench"]
 
 
 def run_bench(
     models: Sequence[str | os.PathLike[str]],
-    data: str | os.PathLike[str],
+    data: str | os.PathLike[str] | None,
     out_dir: str | os.PathLike[str],
     *,
     data_root: str | os.PathLike[str] | None = None,
-    split: str = "test",
+    split: str | None = None,
     suite: str | None = None,
+    positive_groups: Sequence[str] | None = None,
     batch_size: int = 32,
     threads: int | None = None,
     decode_workers: int | None = None,
@@ -37,12 +47,16 @@ def run_bench(
 
     Args:
         models: model names, package folders or ``hf://org/name`` (one or more).
-        data: the manifest CSV (ground truth from its ``fine_label`` / ``group`` columns).
+        data: the manifest CSV (ground truth from its ``fine_label`` / ``group`` columns);
+            ``None`` with a suite: the suite's manifest.
         out_dir: the report folder (created).
         data_root: the folder the manifest's paths are relative to (see
             :func:`wildvision.data.read_manifest` for the default).
-        split: ``train``/``val``/``test``, or ``all`` for every row.
+        split: ``train``/``val``/``test``, or ``all`` for every row; default ``test``, or
+            the suite's own split.
         suite: a suite name or suite file (``wildvision.data.suites``) filtering the rows.
+        positive_groups: the groups of a binary task ("flag these, not the rest"); default:
+            the suite's ``positive_groups``. Adds the ``binary`` metrics block.
         batch_size, threads, decode_workers, backend, precision: inference settings.
         n_resamples, seed: bootstrap confidence intervals.
         plots: write PNG plots (needs matplotlib).
@@ -61,8 +75,21 @@ def run_bench(
         >>> m["models"][0]["headline"]["macro_f1_group"]  # doctest: +SKIP
         {'value': 0.91, 'ci95': [0.89, 0.93]}
     """
-    manifest = read_bench_manifest(data, None if data_root is None else str(data_root))
-    rows, suite_info = select_rows(manifest, split, suite)
+    root = None if data_root is None else str(data_root)
+    suite_obj = load_bench_suite(suite) if suite else None
+    if data is None:
+        if suite_obj is None:
+            raise ConfigError("give a manifest (--data) or a suite (--suite)")
+        manifest = suite_manifest(suite_obj, root)
+        data = str(suite_obj.manifest)
+    else:
+        manifest = read_bench_manifest(data, root)
+    rows, suite_info = select_rows(manifest, split, suite_obj)
+    if positive_groups is None and suite_info and suite_info.get("positive_groups"):
+        positive_groups = suite_info["positive_groups"]
+    bad = [g for g in positive_groups or () if g not in GROUP_NAMES]
+    if bad:
+        raise ConfigError(f"unknown positive group(s) {bad}; groups: {', '.join(GROUP_NAMES)}")
     if command is None:
         import shlex
 
@@ -72,7 +99,8 @@ def run_bench(
         parts += ["--data", str(data)]
         if data_root is not None:
             parts += ["--data-root", str(data_root)]
-        parts += ["--split", split]
+        if split:
+            parts += ["--split", split]
         if suite:
             parts += ["--suite", suite]
         parts += ["--out", str(out_dir)]
@@ -81,8 +109,9 @@ def run_bench(
         "command": command,
         "manifest": {"path": str(data), "sha256": manifest.sha256, "rows": len(manifest)},
         "data_root": str(manifest.root),
-        "split": split,
+        "split": split or (suite_info or {}).get("split") or "test",
         "suite": suite_info,
+        "positive_groups": list(positive_groups) if positive_groups else None,
         "images": len(rows),
         "git": git_commit(),
     }

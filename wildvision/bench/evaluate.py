@@ -259,6 +259,54 @@ def _stat_fn(d: EvalData) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
     return stat
 
 
+def _binary_stat(d: EvalData, positive_groups: Sequence[str]
+                 ) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    pos_idx = [d.groups.index(g) for g in positive_groups if g in d.groups]
+    truth = np.isin(d.true_g, pos_idx)
+    flag_cols = [i for i in pos_idx if d.groups[i] in FLAGGABLE_GROUPS]
+    pred_thr = (d.gdec[:, flag_cols] == FLAG).any(axis=1) if flag_cols else \
+        np.zeros(d.n, dtype=bool)
+    pred_arg = np.isin(d.pred_g, pos_idx)
+    curve = M.BinaryCurve(truth, d.gprob[:, pos_idx].sum(axis=1))
+
+    def stat(W: np.ndarray) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for name, pred in (("at_threshold", pred_thr), ("argmax", pred_arg)):
+            b = M.precision_recall_f1(truth, pred, W)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                fpr = b["fp"] / (b["fp"] + b["tn"])
+            out[f"{name}/precision"] = b["precision"]
+            out[f"{name}/recall"] = b["recall"]
+            out[f"{name}/f1"] = b["f1"]
+            out[f"{name}/false_positive_rate"] = fpr
+            out[f"{name}/balanced_accuracy"] = (b["recall"] + 1.0 - fpr) / 2.0
+        out["average_precision"] = curve.average_precision(W)
+        out["roc_auc"] = curve.roc_auc(W)
+        return out
+
+    return stat
+
+
+def _binary_block(d: EvalData, positive_groups: Sequence[str], n_resamples: int, seed: int
+                  ) -> dict[str, Any]:
+    est = M.bootstrap(_binary_stat(d, positive_groups), d.n, n_resamples=n_resamples,
+                      seed=seed)
+    pos_idx = [d.groups.index(g) for g in positive_groups if g in d.groups]
+    n_pos = int(np.isin(d.true_g, pos_idx).sum())
+    block: dict[str, Any] = {
+        "positive_groups": list(positive_groups),
+        "not_covered": [g for g in positive_groups if g not in d.model_groups],
+        "positives": n_pos,
+        "negatives": d.n - n_pos,
+    }
+    for name in ("at_threshold", "argmax"):
+        block[name] = {k: est[f"{name}/{k}"].to_dict() for k in (
+            "precision", "recall", "f1", "false_positive_rate", "balanced_accuracy")}
+    block["average_precision"] = est["average_precision"].to_dict()
+    block["roc_auc"] = est["roc_auc"].to_dict()
+    return block
+
+
 # -- point-only sections ----------------------------------------------------------------------
 def _shares(codes: np.ndarray) -> dict[str, float | None]:
     n = codes.shape[0]
@@ -471,14 +519,16 @@ def _decisions_block(d: EvalData) -> dict[str, Any]:
     }
 
 
-def evaluate_model(run: ModelRun, *, n_resamples: int = 1000, seed: int = 0
-                   ) -> dict[str, Any]:
+def evaluate_model(run: ModelRun, *, n_resamples: int = 1000, seed: int = 0,
+                   positive_groups: Sequence[str] | None = None) -> dict[str, Any]:
     """The ``metrics.json`` block of one model (see ``docs/bench.md``).
 
     Args:
         run: the model's records from the predictions file.
         n_resamples: bootstrap resamples for the confidence intervals (0: none).
         seed: bootstrap seed.
+        positive_groups: the groups of a binary task (a suite's ``positive_groups``); adds
+            the ``binary`` block.
     """
     records = run.records
     failed = [r for r in records if not r.get("ok")]
@@ -521,7 +571,7 @@ def evaluate_model(run: ModelRun, *, n_resamples: int = 1000, seed: int = 0
     if not labelled:
         block.update(headline={k: {"value": None, "ci95": [None, None]} for k in HEADLINE_KEYS},
                      groups={}, fine_labels={}, confusion=None, calibration=None,
-                     by_source={}, benign=None, decisions=None,
+                     by_source={}, benign=None, decisions=None, binary=None,
                      coverage={"groups_not_covered": {}, "labels_not_in_model": {}})
         block["counts"]["by_group"] = {}
         return jsonable(block)  # type: ignore[no-any-return]
@@ -538,6 +588,8 @@ def evaluate_model(run: ModelRun, *, n_resamples: int = 1000, seed: int = 0
     block["by_source"] = _source_block(d, failed_by_source)
     block["benign"] = _benign_block(d, est)
     block["decisions"] = _decisions_block(d)
+    block["binary"] = _binary_block(d, positive_groups, n_resamples, seed) \
+        if positive_groups else None
     block["coverage"] = {
         "groups_not_covered": {g: int(support[i]) for i, g in enumerate(d.groups)
                                if g not in d.model_groups and support[i]},

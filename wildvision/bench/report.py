@@ -111,7 +111,9 @@ def build_metrics(pset: PredictionSet, *, n_resamples: int = 1000, seed: int = 0
                   render_command: str | None = None) -> dict[str, Any]:
     """The ``metrics.json`` object of a predictions file (see ``docs/bench.md``)."""
     run = pset.run
-    models = [evaluate_model(m, n_resamples=n_resamples, seed=seed) for m in pset.models]
+    pg = run.get("positive_groups") or None
+    models = [evaluate_model(m, n_resamples=n_resamples, seed=seed, positive_groups=pg)
+              for m in pset.models]
     comparison = None
     if len(pset.models) > 1:
         comparison = {
@@ -138,6 +140,7 @@ def build_metrics(pset: PredictionSet, *, n_resamples: int = 1000, seed: int = 0
             "data_root": run.get("data_root"),
             "split": run.get("split"),
             "suite": run.get("suite"),
+            "positive_groups": run.get("positive_groups"),
             "images": run.get("images"),
             "predictions": pred_file,
             "machine": run.get("machine"),
@@ -224,6 +227,21 @@ def _model_section(b: Mapping[str, Any], plots: Mapping[str, str], n_resamples: 
         L += _table(["metric", "key", "value [95% CI]"],
                     [[HEADLINE_TITLES[k], f"`{k}`", _ci(b["headline"][k])]
                      for k in HEADLINE_KEYS])
+        bn = b.get("binary")
+        if bn:
+            L += ["", f"### Binary task: {', '.join(bn['positive_groups'])} vs the rest", "",
+                  f"{bn['positives']} positive and {bn['negatives']} negative images. *At "
+                  "threshold*: any positive group flagged by the model's own thresholds; "
+                  "*argmax*: the most probable group is a positive group. Score for AP and "
+                  "ROC-AUC: the summed probability of the positive groups.", ""]
+            if bn.get("not_covered"):
+                L += [f"Not covered by the model: {', '.join(bn['not_covered'])}.", ""]
+            L += _table(["metric", "at threshold", "argmax"],
+                        [[k, _ci(bn["at_threshold"][k]), _ci(bn["argmax"][k])]
+                         for k in ("precision", "recall", "f1", "false_positive_rate",
+                                   "balanced_accuracy")])
+            L += ["", f"Average precision {_ci(bn['average_precision'])}; ROC-AUC "
+                  f"{_ci(bn['roc_auc'])}."]
         L += ["", "### Groups", "",
               "One-vs-rest on the group probability; *flag* columns use the model's own flag "
               "threshold; *argmax* columns the most probable group. R@P = highest recall "
@@ -472,7 +490,7 @@ def card_metrics(metrics_json: str | os.PathLike[str] | Mapping[str, Any],
 
     Returns:
         ``{"source", "bench_schema_version", "model", "data", "command", "git_commit",
-        "generated", "bootstrap", "headline", "groups", "false_flag_rate_by_source",
+        "generated", "bootstrap", "headline", "binary", "groups", "false_flag_rate_by_source",
         "false_flag_rate_by_benign_label"}``; every ``headline`` entry is
         ``{"value", "ci95": [lo, hi]}``.
 
@@ -541,6 +559,7 @@ def card_metrics(metrics_json: str | os.PathLike[str] | Mapping[str, Any],
         "generated": mj.get("generated"),
         "bootstrap": mj.get("bootstrap"),
         "headline": dict(b["headline"]),
+        "binary": b.get("binary"),
         "groups": groups,
         "false_flag_rate_by_source": {s: v["false_flag_rate"]
                                       for s, v in (ben.get("by_source") or {}).items()},

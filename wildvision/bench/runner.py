@@ -83,65 +83,86 @@ def machine_info(threads: int | None = None, decode_workers: int | None = None
     }
 
 
-def _load_suite(manifest: Manifest, suite: str) -> tuple[Manifest, dict[str, Any]]:
-    """Apply a suite (``wildvision.data.suites.load_suite``) to a manifest.
-
-    This is the only place that knows the suite API of :mod:`wildvision.data`.
-    """
+# -- suites: the only place that knows the suite API of wildvision.data ----------------------
+def load_bench_suite(name_or_path: str) -> Any:
+    """``wildvision.data.suites.load_suite`` (a :class:`~wildvision.data.suites.Suite`)."""
     try:
-        from ..data.suites import load_suite  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as e:
-        raise ConfigError(f"--suite needs wildvision.data.suites, which is not available ({e})"
-                          ) from e
-    s = load_suite(suite)
-    for meth in ("apply", "filter", "select"):
-        fn = getattr(s, meth, None)
-        if callable(fn):
-            out = fn(manifest)
-            break
-    else:
-        if not callable(s):
-            raise ConfigError(f"suite {suite!r}: object {type(s).__name__} cannot filter a "
-                              "manifest")
-        out = s(manifest)
-    if not isinstance(out, Manifest):  # a sequence of rows
-        from dataclasses import replace
-
-        out = replace(manifest, rows=tuple(out))
-    info: dict[str, Any] = {"name": str(getattr(s, "name", suite))}
-    for attr in ("description", "path", "sha256"):
-        v = getattr(s, attr, None)
-        if v is not None:
-            info[attr] = str(v)
-    return out, info
+        from ..data.suites import load_suite
+    except ImportError as e:  # pragma: no cover - part of the package
+        raise ConfigError(f"--suite needs wildvision.data.suites ({e})") from e
+    return load_suite(name_or_path)
 
 
-def select_rows(manifest: Manifest, split: str = "test", suite: str | None = None
+def suite_manifest(suite: Any, data_root: str | None) -> Manifest:
+    """The manifest a suite names (used when no ``--data`` is given)."""
+    m: Manifest = suite.load_manifest(data_root)
+    return m
+
+
+def suite_info(suite: Any) -> dict[str, Any]:
+    """What ``metrics.json`` records about a suite."""
+    info: dict[str, Any] = {
+        "name": suite.name,
+        "description": " ".join(str(suite.description or "").split()) or None,
+        "selection": suite.describe(),
+        "split": None if suite.holdout_source else suite.split,
+        "holdout_source": suite.holdout_source,
+        "positive_groups": list(suite.positive_groups),
+        "file": str(suite.path) if suite.path else None,
+        "file_sha256": sha256_file(suite.path) if suite.path and Path(suite.path).is_file()
+        else None,
+    }
+    return info
+
+
+def _suite_rows(suite: Any, manifest: Manifest, split: str | None
+                ) -> tuple[list[ManifestRow], dict[str, Any]]:
+    from dataclasses import replace
+
+    if split is not None:
+        if suite.holdout_source:
+            raise ConfigError(f"suite {suite.name!r} is leave-one-source-out (all images of "
+                              f"{suite.holdout_source}); it takes no --split")
+        suite = replace(suite, split=split)
+    rows = list(suite.select(manifest).rows)
+    info = suite_info(suite)
+    # the suite keeps readable rows only: say how many the manifest marks unreadable
+    info["unreadable_rows_excluded"] = sum(
+        1 for r in manifest.rows if not r.readable and suite.matches(replace(r, error=""))
+    )
+    return rows, info
+
+
+def select_rows(manifest: Manifest, split: str | None = None, suite: Any = None
                 ) -> tuple[list[ManifestRow], dict[str, Any] | None]:
-    """The manifest rows a bench evaluates: the ``split`` (``all``: every row), then the
-    ``suite`` filter.
+    """The manifest rows a bench evaluates.
+
+    Without a suite: the rows of ``split`` (default ``test``; ``all``: every row), including
+    rows the manifest marks unreadable (they are counted as failed images). With a suite (a
+    name, a file, or a loaded ``Suite``): the suite's rows; ``split`` overrides the suite's
+    split.
 
     Raises:
         DataError: nothing left to evaluate (the message gives the split counts).
+        ConfigError: an unknown suite, or ``split`` with a leave-one-source-out suite.
     """
-    m = manifest
-    if split != SPLIT_ALL:
-        m = m.split(split)
-        if not m.rows:
-            counts: dict[str, int] = {}
-            for r in manifest.rows:
-                counts[r.split or "(empty)"] = counts.get(r.split or "(empty)", 0) + 1
-            raise DataError(
-                f"no rows with split {split!r} in the manifest (splits: "
-                f"{', '.join(f'{k}={v}' for k, v in sorted(counts.items()))}); split it with "
-                "`wildvision data split` or pass --split all"
-            )
-    suite_info = None
-    if suite:
-        m, suite_info = _load_suite(m, suite)
-        if not m.rows:
-            raise DataError(f"suite {suite!r} selects no rows of split {split!r}")
-    return list(m.rows), suite_info
+    if suite is not None:
+        s = load_bench_suite(suite) if isinstance(suite, (str, os.PathLike)) else suite
+        return _suite_rows(s, manifest, split)
+    split = split or "test"
+    if split == SPLIT_ALL:
+        return list(manifest.rows), None
+    rows = list(manifest.split(split).rows)
+    if not rows:
+        counts: dict[str, int] = {}
+        for r in manifest.rows:
+            counts[r.split or "(empty)"] = counts.get(r.split or "(empty)", 0) + 1
+        raise DataError(
+            f"no rows with split {split!r} in the manifest (splits: "
+            f"{', '.join(f'{k}={v}' for k, v in sorted(counts.items()))}); split it with "
+            "`wildvision data split` or pass --split all"
+        )
+    return rows, None
 
 
 def _model_info(key: str, clf: Any, args: dict[str, Any]) -> dict[str, Any]:
