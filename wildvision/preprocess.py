@@ -144,12 +144,18 @@ def resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     if nw * nh <= _MAX_FULL_RESIZE * size * size:
         return img.resize((nw, nh), resample).crop(crop)
     # An extreme aspect ratio (a 1x100000 strip would be resized to 256x25600000 first, gigabytes)
-    # resizes only the region the crop keeps. Pillow then runs its two passes in another order
-    # and on float32 box coordinates, so the result can differ from the full resize by a few grey
-    # levels; it is bounded in memory, which is what matters for such inputs.
+    # resizes only the source region the crop keeps, plus the filter's reach. Pillow may then
+    # run its two separable passes in the other order than for the full image (rounding to uint8
+    # in between), so a few pixels can differ by a few grey levels; memory stays bounded.
     sx, sy = w / nw, h / nh
-    box = (left * sx, top * sy, min(w, (left + size) * sx), min(h, (top + size) * sy))
-    return img.resize((size, size), resample, box=box)
+    x0, x1 = left * sx, min(w, (left + size) * sx)
+    y0, y1 = top * sy, min(h, (top + size) * sy)
+    mx, my = math.ceil(3 * max(sx, 1.0)) + 2, math.ceil(3 * max(sy, 1.0)) + 2  # lanczos: 3
+    c0, c1 = max(0, math.floor(x0) - mx), min(w, math.ceil(x1) + mx)
+    r0, r1 = max(0, math.floor(y0) - my), min(h, math.ceil(y1) + my)
+    # Cropping first also keeps the box coordinates small: Pillow holds them in float32.
+    region = img.crop((c0, r0, c1, r1))
+    return region.resize((size, size), resample, box=(x0 - c0, y0 - r0, x1 - c0, y1 - r0))
 
 
 def normalize(array: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:

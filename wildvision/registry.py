@@ -73,9 +73,14 @@ def _from_hub(spec: str) -> ModelPackage:
             allow_patterns=["card.json", "README.md", "*.onnx", "*.safetensors"],
         )
     except LocalEntryNotFoundError as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+        why = (
+            "offline mode is on (HF_HUB_OFFLINE=1)" if offline
+            else "the Hub cannot be reached (offline)"
+        )
         raise UnknownModelError(
-            f"hub model {repo!r} is not in the local Hugging Face cache and the hub cannot be "
-            f"reached (offline: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r})"
+            f"hub model {repo!r} is not in the local Hugging Face cache and {why}; download it "
+            "once with network access, or pass a local package folder"
         ) from e
     except (HfHubHTTPError, OSError, ValueError) as e:
         raise UnknownModelError(f"hub model {repo!r} could not be fetched: {e}") from e

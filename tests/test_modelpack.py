@@ -1,0 +1,198 @@
+"""The model package format: card.json parsing, sha256 verification, refusal of pickles."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wildvision.errors import ConfigError, ModelIntegrityError
+from wildvision.modelcard_md import render_card
+from wildvision.modelpack import (
+    CARD_FORMAT,
+    ModelCard,
+    ModelPackage,
+    Thresholds,
+    load_package,
+    sha256_file,
+    write_card,
+)
+from wildvision.preprocess import PreprocessConfig
+from wildvision.taxonomy import GROUP_NAMES
+
+
+@pytest.fixture
+def pkg_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "tiny-copy"
+    shutil.copytree(tiny_model_dir, dst)
+    return dst
+
+
+def _edit_card(pkg: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    path = pkg / "card.json"
+    card = json.loads(path.read_text(encoding="utf-8"))
+    change(card)
+    path.write_text(json.dumps(card), encoding="utf-8")
+
+
+def test_tiny_model_loads_and_verifies(tiny_model_dir: Path) -> None:
+    pkg = load_package(tiny_model_dir)
+    card = pkg.card
+    assert (card.name, card.version) == ("tiny-test", "0.0.1")
+    assert len(card.labels) == 9
+    assert card.groups == GROUP_NAMES  # all six groups, in taxonomy order
+    assert card.preprocess.input_size == 64
+    assert set(card.files) == {"model.onnx", "model.safetensors"}
+    for name, digest in card.files.items():
+        assert sha256_file(tiny_model_dir / name) == digest
+    assert pkg.precisions == ("fp32",)
+    assert pkg.onnx_file() == tiny_model_dir / "model.onnx"
+    with pytest.raises(ModelIntegrityError, match="no file 'model.int8.onnx'"):
+        pkg.onnx_file("int8")
+    with pytest.raises(ConfigError, match="precision"):
+        pkg.onnx_file("fp16")
+    assert card.threshold("ivory") == Thresholds(0.5, 0.2)
+
+
+def test_threshold_defaults_and_validation(tiny_model_dir: Path) -> None:
+    card = load_package(tiny_model_dir).card.with_updates(thresholds={})
+    assert card.threshold("ivory") == Thresholds(flag=0.5, review=0.3)
+    assert card.threshold("benign") == Thresholds(1.0, 1.0)  # never flags
+    t = Thresholds(flag=0.8, review=0.4)
+    assert [t.decide(p) for p in (0.9, 0.8, 0.5, 0.4, 0.1)] == [
+        "flag", "flag", "review", "review", "pass"
+    ]
+    for flag, review in ((0.3, 0.5), (1.2, 0.5), (0.5, -0.1), (float("nan"), 0.1)):
+        with pytest.raises(ConfigError):
+            Thresholds(flag=flag, review=review)
+
+
+def test_tampered_weights_fail_the_hash_check(pkg_copy: Path) -> None:
+    onnx = pkg_copy / "model.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    onnx.write_bytes(bytes(data))
+    with pytest.raises(ModelIntegrityError, match="sha256 mismatch") as info:
+        load_package(pkg_copy)
+    assert "model.onnx" in str(info.value)
+    assert load_package(pkg_copy, verify=False).card.name == "tiny-test"
+
+
+def test_missing_weight_file(pkg_copy: Path) -> None:
+    (pkg_copy / "model.safetensors").unlink()
+    with pytest.raises(ModelIntegrityError, match="model.safetensors listed in card.json is missing"):
+        load_package(pkg_copy)
+
+
+def test_not_a_package(tmp_path: Path) -> None:
+    with pytest.raises(ModelIntegrityError, match="no card.json"):
+        load_package(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("{not json", "unreadable card"),
+        ("[1, 2]", "must be a JSON object"),
+    ],
+)
+def test_unparseable_card(pkg_copy: Path, text: str, match: str) -> None:
+    (pkg_copy / "card.json").write_text(text, encoding="utf-8")
+    with pytest.raises(ModelIntegrityError, match=match):
+        load_package(pkg_copy)
+
+
+def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda card: card.__setitem__(key, value)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda c: c.pop("labels"), "missing required key 'labels'"),
+        (lambda c: c.pop("name"), "missing required key 'name'"),
+        (_set("labels", ["ivory_carving", "ivory_carving"]), "unique"),
+        (_set("labels", []), "unique, non-empty"),
+        (lambda c: c["label_groups"].pop("clothing"), "labels without a group"),
+        (lambda c: c["label_groups"].__setitem__("clothing", "fashion"), "unknown groups"),
+        (lambda c: c["label_groups"].__setitem__("clothing", "ivory"), "invalid value"),
+        (_set("temperature", 0), "temperature"),
+        (_set("temperature", "hot"), "invalid value"),
+        (_set("thresholds", {"ivory": {"flag": 0.2, "review": 0.6}}), "review <= flag"),
+        (_set("thresholds", {"ivory": {"flag": 0.9}}), "missing required key 'review'"),
+        (lambda c: c["preprocess"].__setitem__("antialias", True), "unknown preprocess keys"),
+        (lambda c: c["preprocess"].__setitem__("input_size", 2), "input_size"),
+        (lambda c: c.pop("files"), "lists no model.onnx"),
+        (_set("card_format", CARD_FORMAT + 1), "newer than this wildvision reads"),
+    ],
+)
+def test_bad_card_is_refused(pkg_copy: Path, change: Callable[[dict[str, Any]], None],
+                             match: str) -> None:
+    _edit_card(pkg_copy, change)
+    with pytest.raises(ModelIntegrityError, match=match):
+        load_package(pkg_copy)
+
+
+@pytest.mark.parametrize("name", ["model.pt", "model.pkl", "weights.ckpt", "../model.onnx",
+                                  "sub/model.onnx", "model.bin"])
+def test_pickles_and_paths_are_refused(pkg_copy: Path, name: str) -> None:
+    (pkg_copy / "model.pt").write_bytes(b"\x80\x04not really a pickle")
+
+    def add(card: dict[str, Any]) -> None:
+        card["files"][name] = "0" * 64
+
+    _edit_card(pkg_copy, add)
+    with pytest.raises(ModelIntegrityError, match="not a plain .onnx/.safetensors") as info:
+        load_package(pkg_copy, verify=False)
+    assert name in str(info.value)
+
+
+def test_unknown_top_level_keys_are_kept(pkg_copy: Path) -> None:
+    _edit_card(pkg_copy, _set("future_field", {"a": 1}))
+    card = load_package(pkg_copy).card
+    assert card.extra["future_field"] == {"a": 1}
+    assert card.to_dict()["future_field"] == {"a": 1}
+
+
+def test_card_round_trip(tiny_model_dir: Path) -> None:
+    card = load_package(tiny_model_dir).card
+    again = ModelCard.from_dict(json.loads(json.dumps(card.to_dict())))
+    assert again == card
+    assert again.to_dict() == card.to_dict()
+
+
+def test_write_card_hashes_and_renders(tiny_model_dir: Path, tmp_path: Path) -> None:
+    pkg_dir = tmp_path / "new-model"
+    pkg_dir.mkdir()
+    shutil.copy(tiny_model_dir / "model.onnx", pkg_dir / "model.onnx")
+    (pkg_dir / "notes.txt").write_text("not a weight file")
+    labels = ("ivory_carving", "domestic_cat")
+    card = ModelCard(
+        name="new-model",
+        version="1.2.3",
+        labels=labels,
+        label_groups={"ivory_carving": "ivory", "domestic_cat": "benign"},
+        preprocess=PreprocessConfig(input_size=64),
+        temperature=1.5,
+        thresholds={"ivory": Thresholds(0.9, 0.4)},
+        description="A test card.",
+        metrics={"test": {"command": "wildvision bench --split test", "macro_f1": 0.5,
+                          "per_class": {"ivory_carving": 0.1}}},
+        extra={"intended_use": "Unit tests.", "limitations": "None known."},
+    )
+    written = write_card(pkg_dir, card)
+    assert written.files == {"model.onnx": sha256_file(pkg_dir / "model.onnx")}
+    loaded = load_package(pkg_dir)
+    assert loaded.card == written
+    readme = (pkg_dir / "README.md").read_text(encoding="utf-8")
+    assert readme == render_card(written)
+    assert readme.startswith("# new-model 1.2.3")
+    for text in ("Unit tests.", "None known.", "| ivory | 0.9000 | 0.4000 |",
+                 "wildvision bench --split test", written.files["model.onnx"],
+                 "Temperature (calibration): 1.5000", "| ivory_carving | ivory | I/II |"):
+        assert text in readme, text
+    assert isinstance(loaded, ModelPackage)
