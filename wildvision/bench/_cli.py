@@ -150,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
     metrics = run_bench(
         args.model, args.data, args.out, data_root=args.data_root, split=args.split,
         suite=args.suite, positive_groups=positive, batch_size=args.batch_size,
-        threads=args.threads, decode_workers=args.decode_workers, backend=args.backend, precision=args.precision,
+        threads=args.threads, decode_workers=args.decode_workers, backend=args.backend,
+        precision=args.precision,
         n_resamples=args.bootstrap, seed=args.seed, plots=not args.no_plots,
         command=_canonical_command(args), progress=progress if show else None,
     )
