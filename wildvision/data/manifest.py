@@ -33,7 +33,15 @@ from typing import Any
 
 from ..errors import DataError
 
-__all__ = ["MANIFEST_FIELDS", "ManifestRow", "Manifest", "read_manifest", "write_manifest"]
+__all__ = [
+    "MANIFEST_FIELDS",
+    "SPLITS",
+    "Manifest",
+    "ManifestRow",
+    "extra_fields_of",
+    "read_manifest",
+    "write_manifest",
+]
 
 MANIFEST_FIELDS = (
     "path", "source", "label", "fine_label", "group", "sha256", "width", "height", "phash",
@@ -145,11 +153,31 @@ def read_manifest(path: str | os.PathLike[str],
     return Manifest(tuple(rows), _resolve_root(mpath, data_root), hashlib.sha256(raw).hexdigest())
 
 
+def extra_fields_of(rows: Iterable[ManifestRow]) -> list[str]:
+    """The extra column names used by ``rows``, in first-seen order."""
+    seen: dict[str, None] = {}
+    for r in rows:
+        for k in r.extra:
+            if k not in MANIFEST_FIELDS:
+                seen.setdefault(k, None)
+    return list(seen)
+
+
 def write_manifest(path: str | os.PathLike[str], rows: Iterable[ManifestRow],
-                   extra_fields: Sequence[str] = ()) -> str:
-    """Write rows as a manifest CSV (LF line ends, stable column order); returns its sha256."""
+                   extra_fields: Sequence[str] | None = None) -> str:
+    """Write rows as a manifest CSV (LF line ends, stable column order); returns its sha256.
+
+    Args:
+        path: the CSV to write (atomically: a temporary file is renamed over it).
+        rows: the rows.
+        extra_fields: extra columns to write after the standard ones; ``None`` (default)
+            writes every extra column the rows carry, ``()`` none.
+    """
     mpath = Path(path)
     mpath.parent.mkdir(parents=True, exist_ok=True)
+    rows = list(rows)
+    if extra_fields is None:
+        extra_fields = extra_fields_of(rows)
     fields = list(MANIFEST_FIELDS) + [f for f in extra_fields if f not in MANIFEST_FIELDS]
     tmp = mpath.with_suffix(mpath.suffix + ".tmp")
     with open(tmp, "w", encoding="utf-8", newline="") as f:
