@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ZooItem, encode, photo_like, png_header_only
 from PIL import Image
 
-from conftest import ZooItem, encode, photo_like, png_header_only
 from wildvision.errors import (
     ImageTooLargeError,
     InvalidImageError,

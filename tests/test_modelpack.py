@@ -51,7 +51,7 @@ def test_tiny_model_loads_and_verifies(tiny_model_dir: Path) -> None:
         assert sha256_file(tiny_model_dir / name) == digest
     assert pkg.precisions == ("fp32",)
     assert pkg.onnx_file() == tiny_model_dir / "model.onnx"
-    with pytest.raises(ModelIntegrityError, match="no file 'model.int8.onnx'"):
+    with pytest.raises(ModelIntegrityError, match=r"no file 'model\.int8\.onnx'"):
         pkg.onnx_file("int8")
     with pytest.raises(ConfigError, match="precision"):
         pkg.onnx_file("fp16")
@@ -84,12 +84,13 @@ def test_tampered_weights_fail_the_hash_check(pkg_copy: Path) -> None:
 
 def test_missing_weight_file(pkg_copy: Path) -> None:
     (pkg_copy / "model.safetensors").unlink()
-    with pytest.raises(ModelIntegrityError, match="model.safetensors listed in card.json is missing"):
+    with pytest.raises(ModelIntegrityError,
+                       match=r"model\.safetensors listed in card\.json is missing"):
         load_package(pkg_copy)
 
 
 def test_not_a_package(tmp_path: Path) -> None:
-    with pytest.raises(ModelIntegrityError, match="no card.json"):
+    with pytest.raises(ModelIntegrityError, match=r"no card\.json"):
         load_package(tmp_path)
 
 
@@ -146,7 +147,7 @@ def test_pickles_and_paths_are_refused(pkg_copy: Path, name: str) -> None:
         card["files"][name] = "0" * 64
 
     _edit_card(pkg_copy, add)
-    with pytest.raises(ModelIntegrityError, match="not a plain .onnx/.safetensors") as info:
+    with pytest.raises(ModelIntegrityError, match=r"not a plain \.onnx/\.safetensors") as info:
         load_package(pkg_copy, verify=False)
     assert name in str(info.value)
 

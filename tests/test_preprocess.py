@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import encode, photo_like
 from PIL import Image
 
-from conftest import encode, photo_like
 from wildvision.errors import ConfigError
 from wildvision.imaging import decode_image
 from wildvision.preprocess import (

@@ -59,7 +59,7 @@ def test_unknown_model_lists_the_names(models_path: Path) -> None:
 def test_an_existing_file_is_not_a_package(tmp_path: Path) -> None:
     f = tmp_path / "model.onnx"
     f.write_bytes(b"onnx")
-    with pytest.raises(ModelIntegrityError, match="package folder with card.json"):
+    with pytest.raises(ModelIntegrityError, match=r"package folder with card\.json"):
         resolve_model(str(f))
 
 

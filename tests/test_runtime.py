@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import photo_like
+
 from wildvision.errors import ConfigError, MissingExtraError, ModelIntegrityError
 from wildvision.imaging import decode_image
 from wildvision.modelpack import ModelPackage, load_package, sha256_file
@@ -57,7 +57,7 @@ def test_backend_errors(package: ModelPackage, monkeypatch: pytest.MonkeyPatch) 
         create_backend(package, "tensorrt")
     with pytest.raises(ConfigError, match="threads"):
         create_backend(package, "onnx", threads=0)
-    with pytest.raises(ModelIntegrityError, match="model.int8.onnx"):
+    with pytest.raises(ModelIntegrityError, match=r"model\.int8\.onnx"):
         create_backend(package, "onnx", precision="int8")
     with pytest.raises(ConfigError, match="fp32 only"):
         create_backend(package, "torch", precision="int8")

@@ -190,15 +190,25 @@ def _merge_thresholds(package: ModelPackage, overrides: ThresholdSpec | None
             )
         if isinstance(spec, Thresholds):
             out[group] = spec
-        elif isinstance(spec, (int, float)):
+        elif isinstance(spec, (int, float)) and not isinstance(spec, bool):
             out[group] = Thresholds(flag=float(spec), review=min(float(spec), out[group].review))
-        else:
+        elif isinstance(spec, Mapping):
             unknown = set(spec) - {"flag", "review"}
             if unknown:
                 raise ConfigError(f"threshold keys must be 'flag'/'review', got {sorted(unknown)}")
-            flag = float(spec.get("flag", out[group].flag))
-            review = float(spec.get("review", min(out[group].review, flag)))
+            try:
+                flag = float(spec.get("flag", out[group].flag))
+                review = float(spec.get("review", min(out[group].review, flag)))
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"thresholds of {group!r} must be numbers, got {spec!r}"
+                ) from None
             out[group] = Thresholds(flag=flag, review=review)
+        else:
+            raise ConfigError(
+                f"threshold of {group!r} must be a number, a Thresholds or a mapping with "
+                f"'flag'/'review', got {spec!r}"
+            )
     return out
 
 
