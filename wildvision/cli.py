@@ -10,8 +10,10 @@ Exit status: 0 success, 1 some inputs failed (or a command failed), 2 usage erro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import importlib
+import io
 import json
 import sys
 import time
@@ -129,7 +131,9 @@ class _Writer:
             if not append:
                 self._csv.writeheader()
         elif fmt == "table":
-            stream.write(f"{'decision':<8} {'top group':<22} {'prob':>6}  {'top label':<22} source\n")
+            stream.write(
+                f"{'decision':<8} {'top group':<22} {'prob':>6}  {'top label':<22} source\n"
+            )
 
     def write(self, d: dict[str, Any]) -> None:
         if self.fmt == "jsonl":
@@ -149,25 +153,54 @@ class _Writer:
         self.stream.flush()
 
 
-def _done_sources(path: Path, fmt: str) -> set[str]:
-    """Sources already present in an earlier output file (for --resume)."""
-    if not path.exists() or path.stat().st_size == 0:
-        return set()
-    done: set[str] = set()
-    with open(path, encoding="utf-8", newline="") as f:
-        if fmt == "jsonl":
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    done.add(json.loads(line)["source"])
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue  # a line cut by an interrupted run: that input is redone
-        elif fmt == "csv":
-            done = {r["source"] for r in csv.DictReader(f) if r.get("source")}
-        else:
-            raise ConfigError("--resume needs --format jsonl or csv")
+def _load_done(path: Path, fmt: str) -> dict[str, bool]:
+    """Inputs already in an earlier output file (for ``--resume``) -> whether they succeeded.
+
+    An interrupted run can leave a cut last line (or, for jsonl, other unreadable lines): those
+    are removed from the file, so that their inputs are redone and the appended results start
+    on a clean line. Every input then appears in the final file exactly once.
+    """
+    if fmt not in ("jsonl", "csv"):
+        raise ConfigError("--resume needs --format jsonl or csv")
+    if not path.is_file():
+        return {}
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]  # drop a last line without its newline
+    try:
+        text = complete.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--resume: {path} is not a UTF-8 {fmt} file ({e})") from e
+    done: dict[str, bool] = {}
+    kept: list[str] = []
+    if fmt == "jsonl":
+        for line in text.splitlines(keepends=True):
+            try:
+                record = json.loads(line)
+                source, ok = record["source"], bool(record["ok"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # cut or corrupt: the input is redone
+            if isinstance(source, str):
+                done[source] = ok
+                kept.append(line)
+        new_text = "".join(kept)
+    else:
+        try:
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        except csv.Error as e:
+            raise ConfigError(f"--resume: {path} is not a readable CSV file ({e})") from e
+        if text and text.split("\n", 1)[0].strip().split(",") != list(CSV_FIELDS):
+            raise ConfigError(f"--resume: {path} is not a wildvision CSV output (header differs)")
+        buf = io.StringIO(newline="")
+        writer = csv.DictWriter(buf, fieldnames=list(CSV_FIELDS))
+        writer.writeheader()
+        for r in rows:
+            if None in r.values() or None in r or not r.get("source"):
+                continue  # a row with missing or extra fields: cut by an interrupted run
+            done[r["source"]] = r["ok"] == "True"
+            writer.writerow(r)
+        new_text = buf.getvalue() if done else ""
+    if new_text.encode("utf-8") != data:
+        path.write_text(new_text, encoding="utf-8", newline="")
     return done
 
 
@@ -177,49 +210,52 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         return int(mod.run_classify(args))
     from .predict import Classifier
 
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     paths = list(args.paths)
     if args.files_from:
-        src = sys.stdin if args.files_from == "-" else open(args.files_from, encoding="utf-8")
-        with src:
-            paths += [line.strip() for line in src if line.strip()]
+        if args.files_from == "-":
+            paths += [line.strip() for line in sys.stdin if line.strip()]
+        else:
+            with open(args.files_from, encoding="utf-8") as src:
+                paths += [line.strip() for line in src if line.strip()]
     if not paths:
         raise ConfigError("no inputs: give image files or folders (or --files-from)")
     inputs = collect_inputs(paths, args.recursive)
-    append = False
-    if args.resume:
-        if not args.output or args.output == "-":
-            raise ConfigError("--resume needs --output FILE")
-        done = _done_sources(Path(args.output), args.format)
-        before = len(inputs)
-        inputs = [p for p in inputs if p not in done]
-        append = bool(done)
-        print(f"resume: {before - len(inputs)} of {before} inputs already done", file=sys.stderr)
     thresholds = _parse_thresholds(args.threshold or [])
+    # Load the model before touching the output file: a bad model or option leaves it intact.
     clf = Classifier(
         args.model, backend=args.backend, precision=args.precision, threads=args.threads,
         decode_workers=args.decode_workers, thresholds=thresholds or None, top_k=args.top_k,
     )
-    out: TextIO
-    if args.output and args.output != "-":
-        out = open(args.output, "a" if append else "w", encoding="utf-8", newline="")
-    else:
-        out = sys.stdout
-    show = args.progress if args.progress is not None else (sys.stderr.isatty() and len(inputs) > 50)
-    progress = Progress(len(inputs), show)
+    append = False
     failed = 0
-    try:
+    if args.resume:
+        if not args.output or args.output == "-":
+            raise ConfigError("--resume needs --output FILE")
+        done = _load_done(Path(args.output), args.format)
+        before = len(inputs)
+        failed = sum(1 for p in set(inputs) if done.get(p) is False)  # failed earlier
+        inputs = [p for p in inputs if p not in done]
+        append = bool(done)
+        print(f"resume: {before - len(inputs)} of {before} inputs already done", file=sys.stderr)
+    total = len(inputs)
+    show = args.progress if args.progress is not None else (sys.stderr.isatty() and total > 50)
+    progress = Progress(total, show)
+    with contextlib.ExitStack() as stack:
+        out: TextIO = sys.stdout
+        if args.output and args.output != "-":
+            out = stack.enter_context(
+                open(args.output, "a" if append else "w", encoding="utf-8", newline="")
+            )
+        stack.callback(progress.close)
         writer = _Writer(args.format, out, append)
         for r in clf.iter_classify(inputs, batch_size=args.batch_size):
             writer.write(r.to_dict())
             progress.update(r.ok)
             failed += 0 if r.ok else 1
-    finally:
-        progress.close()
-        if out is not sys.stdout:
-            out.close()
     if failed:
-        print(f"{failed} of {len(inputs)} inputs failed (see their error_type/message)",
-              file=sys.stderr)
+        print(f"{failed} input(s) failed (see their error_type/message)", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -271,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("classify", help="classify image files or folders",
                        description="Classify images; one result line per input, in order.")
     c.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders")
-    c.add_argument("--files-from", metavar="FILE", help="read more input paths from FILE (- = stdin)")
+    c.add_argument("--files-from", metavar="FILE",
+                   help="read more input paths from FILE, one per line (- = stdin)")
     c.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
     c.add_argument("-m", "--model", default=None,
                    help="model name, package folder or hf://org/name (default: wildvision-base)")
@@ -312,13 +349,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 1 failures, 2 usage)."""
+    """Run the CLI; returns the exit status.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        0 success; 1 some inputs failed, or a command failed; 2 usage error; 130 interrupted.
+
+    Example:
+        >>> main(["classify", "photos/", "--format", "csv", "-o", "out.csv"])  # doctest: +SKIP
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: --help/--version (0) or a usage error (2)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     if not getattr(args, "func", None):
         if args.command == "models":
-            parser.parse_args(["models", "--help"])
-        parser.print_help(sys.stderr)
+            print("wildvision models: error: needs an action: list, or show NAME",
+                  file=sys.stderr)
+        else:
+            parser.print_help(sys.stderr)
         return 2
     try:
         return int(args.func(args))
@@ -335,8 +387,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
 
 
 if __name__ == "__main__":

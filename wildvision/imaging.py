@@ -170,7 +170,7 @@ def _decode_bytes(
         # Pillow's own bomb check (at 2x its MAX_IMAGE_PIXELS) may fire inside open().
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
         raise ImageTooLargeError(
             f"{name}: image dimensions exceed the pixel limit, refused before decoding ({e})"

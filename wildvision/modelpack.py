@@ -102,7 +102,9 @@ class ModelCard:
             raise ModelIntegrityError(f"card.json of {self.name}: labels must be unique, non-empty")
         missing = [lab for lab in self.labels if lab not in self.label_groups]
         if missing:
-            raise ModelIntegrityError(f"card.json of {self.name}: labels without a group: {missing}")
+            raise ModelIntegrityError(
+                f"card.json of {self.name}: labels without a group: {missing}"
+            )
         bad = {g for g in self.label_groups.values() if g not in GROUP_NAMES}
         if bad:
             raise ModelIntegrityError(f"card.json of {self.name}: unknown groups {sorted(bad)}")

@@ -63,7 +63,7 @@ class OnnxBackend:
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         outs = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, np.float32)})
-        return {n: np.asarray(o) for n, o in zip(self.output_names, outs)}
+        return {n: np.asarray(o) for n, o in zip(self.output_names, outs, strict=True)}
 
 
 def create_backend(

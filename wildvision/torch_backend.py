@@ -14,14 +14,18 @@ __all__ = ["TorchBackend"]
 
 
 class TorchBackend:
-    name = "torch"
-    output_names = ("logits", "embedding", "features")
+    """Runs the package's ``model.safetensors`` in PyTorch (same interface as the ONNX one)."""
+
+    name: str = "torch"
+    output_names: tuple[str, ...] = ("logits", "embedding", "features")
 
     def __init__(self, package: ModelPackage, *, threads: int | None = None,
                  device: str = "cpu") -> None:
         card = package.card
         if not card.arch:
-            raise ModelIntegrityError(f"model {card.name}: card has no 'arch' for the torch backend")
+            raise ModelIntegrityError(
+                f"model {card.name}: card has no 'arch' for the torch backend"
+            )
         weights = package.file("model.safetensors")
         kwargs = dict(card.extra.get("arch_kwargs", {}))
         self.model = WildvisionNet(card.arch, len(card.labels), **kwargs)

@@ -19,7 +19,7 @@ __all__ = ["WildvisionNet", "export_onnx", "load_state_file", "save_state_file"]
 ONNX_OPSET = 17
 
 
-class WildvisionNet(nn.Module):  # type: ignore[misc]
+class WildvisionNet(nn.Module):
     """timm backbone (no classifier) + dropout + linear head."""
 
     def __init__(self, arch: str, num_classes: int, *, drop_rate: float = 0.2,
@@ -28,8 +28,10 @@ class WildvisionNet(nn.Module):  # type: ignore[misc]
 
         super().__init__()
         self.arch = arch
-        self.backbone = timm.create_model(arch, pretrained=False, num_classes=0, **timm_kwargs)
-        self.num_features = int(self.backbone.num_features)
+        # Any: timm models have forward_features/forward_head/num_features, nn.Module does not.
+        backbone: Any = timm.create_model(arch, pretrained=False, num_classes=0, **timm_kwargs)
+        self.backbone = backbone
+        self.num_features = int(backbone.num_features)
         self.dropout = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes)
 
