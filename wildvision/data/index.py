@@ -239,10 +239,12 @@ def index_folder(
             if on_row:
                 on_row(row)
     else:
+        window = n_workers * 64  # bounded: a million files are not all queued at once
         with ThreadPoolExecutor(n_workers, thread_name_prefix="wv-index") as pool:
-            for row in pool.map(one, entries):
-                rows.append(row)
-                if on_row:
-                    on_row(row)
+            for start in range(0, len(entries), window):
+                for row in pool.map(one, entries[start:start + window]):
+                    rows.append(row)
+                    if on_row:
+                        on_row(row)
     t2 = time.perf_counter()
     return IndexResult(tuple(rows), tuple(ignored), t2 - t1, n_workers, t1 - t0)
