@@ -257,3 +257,35 @@ def photo_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
         path.write_bytes(encode(photo_like(w, h, seed=100 + i), fmt))
         out.append(path)
     return out
+
+
+BAD_ZOO = ["truncated.jpg", "empty.jpg", "page.jpg", "bomb.png", "icon.ico", "image.tga",
+           "big.png", "garbage.png"]
+GOOD_ZOO = ["cmyk.jpg", "gray16.png", "palette_transparent.png", "animated.gif",
+            "exif_rot6.jpg", "gray.jpg", "rgba.png", "photo.webp", "photo.bmp", "one_pixel.png",
+            "wide.png"]
+
+
+def mixed_inputs(image_zoo: dict[str, ZooItem], photo_files: list[Path], tmp_dir: Path
+                 ) -> tuple[list[str], dict[int, str]]:
+    """100 inputs, 10 of them bad (at every 10th slot): returns the paths and
+    ``{index: expected error type name}`` for the bad ones."""
+    bad: list[tuple[str, str]] = []
+    for n in BAD_ZOO:
+        error = image_zoo[n].error
+        assert error is not None, n
+        bad.append((str(image_zoo[n].path), error.__name__))
+    bad.append((str(tmp_dir / "does-not-exist.jpg"), "InvalidImageError"))
+    bad.append(("https://example.com/listing.jpg", "InvalidImageError"))
+    good = [str(image_zoo[n].path) for n in GOOD_ZOO]
+    good += [str(p) for p in photo_files[: 90 - len(good)]]
+    inputs: list[str] = []
+    expected_bad: dict[int, str] = {}
+    for i in range(100):
+        if i % 10 == 7:
+            path, err = bad[i // 10]
+            expected_bad[i] = err
+            inputs.append(path)
+        else:
+            inputs.append(good.pop(0))
+    return inputs, expected_bad

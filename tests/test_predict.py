@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import ZooItem, photo_like
+from conftest import BAD_ZOO, ZooItem, mixed_inputs, photo_like
 
 from wildvision.errors import (
     ConfigError,
@@ -31,40 +31,10 @@ from wildvision.predict import (
 )
 from wildvision.taxonomy import FLAGGABLE_GROUPS
 
-BAD_ZOO = ["truncated.jpg", "empty.jpg", "page.jpg", "bomb.png", "icon.ico", "image.tga",
-           "big.png", "garbage.png"]
-GOOD_ZOO = ["cmyk.jpg", "gray16.png", "palette_transparent.png", "animated.gif",
-            "exif_rot6.jpg", "gray.jpg", "rgba.png", "photo.webp", "photo.bmp", "one_pixel.png",
-            "wide.png"]
-
 
 @pytest.fixture(scope="module")
 def clf(tiny_model_dir: Path) -> Classifier:
     return Classifier(tiny_model_dir, threads=1, decode_workers=2)
-
-
-def mixed_inputs(image_zoo: dict[str, ZooItem], photo_files: list[Path], tmp_dir: Path
-                 ) -> tuple[list[str], dict[int, str]]:
-    """100 inputs, 10 of them bad (at every 10th slot): returns the paths and
-    ``{index: expected error type name}`` for the bad ones."""
-    bad: list[tuple[str, str]] = [
-        (str(image_zoo[n].path), image_zoo[n].error.__name__)  # type: ignore[union-attr]
-        for n in BAD_ZOO
-    ]
-    bad.append((str(tmp_dir / "does-not-exist.jpg"), "InvalidImageError"))
-    bad.append(("https://example.com/listing.jpg", "InvalidImageError"))
-    good = [str(image_zoo[n].path) for n in GOOD_ZOO]
-    good += [str(p) for p in photo_files[: 90 - len(good)]]
-    inputs: list[str] = []
-    expected_bad: dict[int, str] = {}
-    for i in range(100):
-        if i % 10 == 7:
-            path, err = bad[i // 10]
-            expected_bad[i] = err
-            inputs.append(path)
-        else:
-            inputs.append(good.pop(0))
-    return inputs, expected_bad
 
 
 def test_batch_of_100_with_10_bad_files(clf: Classifier, image_zoo: dict[str, ZooItem],

@@ -1,0 +1,273 @@
+"""The ``wildvision`` command line: classify (jsonl/csv/table, exit codes, --resume), models
+list/show, --version; called as ``main([...])`` and once through the installed console script."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ZooItem, mixed_inputs
+
+from wildvision import __version__
+from wildvision.cli import CSV_FIELDS, collect_inputs, main
+from wildvision.modelpack import load_package
+
+
+@pytest.fixture(scope="module")
+def inputs_100(image_zoo: dict[str, ZooItem], photo_files: list[Path],
+               tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], dict[int, str]]:
+    return mixed_inputs(image_zoo, photo_files, tmp_path_factory.mktemp("cli"))
+
+
+def _jsonl(path: Path) -> list[dict[str, object]]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _check_100(records: list[dict[str, object]], inputs: list[str],
+               expected_bad: dict[int, str]) -> None:
+    assert [r["source"] for r in records] == inputs
+    for i, r in enumerate(records):
+        if i in expected_bad:
+            assert r["ok"] in (False, "False"), r
+            assert r["error_type"] == expected_bad[i], r
+            assert str(r["source"]) in str(r["message"])
+        else:
+            assert r["ok"] in (True, "True"), r
+            assert r["decision"] in ("flag", "review", "pass")
+
+
+def test_classify_jsonl_100_inputs_10_bad(tiny_model_dir: Path, tmp_path: Path,
+                                          inputs_100: tuple[list[str], dict[int, str]],
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    inputs, bad = inputs_100
+    out = tmp_path / "out.jsonl"
+    code = main(["classify", *inputs, "--model", str(tiny_model_dir), "-o", str(out),
+                 "-b", "16", "--threads", "1"])
+    assert code == 1
+    records = _jsonl(out)
+    assert len(records) == 100
+    _check_100(records, inputs, bad)
+    assert "10 input(s) failed" in capsys.readouterr().err
+
+
+def test_classify_csv_100_inputs_10_bad(tiny_model_dir: Path, tmp_path: Path,
+                                        inputs_100: tuple[list[str], dict[int, str]]) -> None:
+    inputs, bad = inputs_100
+    out = tmp_path / "out.csv"
+    code = main(["classify", *inputs, "-m", str(tiny_model_dir), "-f", "csv", "-o", str(out)])
+    assert code == 1
+    with open(out, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames or ()) == CSV_FIELDS
+        rows = list(reader)
+    assert len(rows) == 100
+    _check_100(rows, inputs, bad)  # type: ignore[arg-type]
+    good = rows[0]
+    probs = json.loads(good["group_probabilities"])
+    assert abs(sum(probs.values()) - 1) < 1e-4
+    assert good["model"] == "tiny-test" and len(good["image_sha256"]) == 64
+
+
+def test_console_script_subprocess(tiny_model_dir: Path,
+                                   inputs_100: tuple[list[str], dict[int, str]]) -> None:
+    script = Path(sys.executable).parent / "wildvision"
+    if not script.exists():
+        found = shutil.which("wildvision")
+        assert found, "the wildvision console script is not installed (pip install -e .)"
+        script = Path(found)
+    inputs, bad = inputs_100
+    proc = subprocess.run([str(script), "classify", *inputs, "--model", str(tiny_model_dir)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]  # results on stdout
+    assert len(records) == 100
+    _check_100(records, inputs, bad)
+    assert "failed" in proc.stderr  # logs on stderr
+    version = subprocess.run([str(script), "--version"], capture_output=True, text=True,
+                             timeout=60)
+    assert version.returncode == 0 and version.stdout.strip() == f"wildvision {__version__}"
+
+
+def test_exit_0_when_all_ok_and_table_format(tiny_model_dir: Path, photo_files: list[Path],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    files = [str(p) for p in photo_files[:5]]
+    assert main(["classify", *files, "-m", str(tiny_model_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["source"] for line in lines] == files
+    assert main(["classify", *files, "-m", str(tiny_model_dir), "-f", "table"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("decision") and len(table) == 6
+    assert all(line.endswith(f) for line, f in zip(table[1:], files, strict=True))
+
+
+def test_threshold_option(tiny_model_dir: Path, photo_files: list[Path],
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["classify", str(photo_files[0]), "-m", str(tiny_model_dir),
+                 "--threshold", "ivory=0.01:0.005", "--threshold", "pangolin=0.99"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["groups"]["ivory"]["flag_threshold"] == 0.01
+    assert rec["groups"]["ivory"]["review_threshold"] == 0.005
+    assert rec["groups"]["ivory"]["decision"] == "flag"  # ivory probability is > 0.01
+    assert rec["groups"]["ivory"]["probability"] >= 0.01
+    assert rec["groups"]["pangolin"]["flag_threshold"] == 0.99
+    assert "ivory" in rec["flagged_groups"] and rec["decision"] == "flag"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["classify"], "no inputs"),
+        (["classify", "x.jpg", "--threshold", "ivory"], "GROUP=FLAG"),
+        (["classify", "x.jpg", "--threshold", "dragons=0.5"], "unknown group 'dragons'"),
+        (["classify", "x.jpg", "--threshold", "ivory=0.2:0.9"], "review <= flag"),
+        (["classify", "x.jpg", "--resume"], "--resume needs --output"),
+        (["classify", "x.jpg", "-b", "0"], "--batch-size"),
+        (["classify", "x.jpg", "--top-k", "0"], "top_k"),
+        (["classify", "x.jpg", "--no-such-flag"], "unrecognized arguments"),
+        (["classify", "x.jpg", "--format", "xml"], "invalid choice"),
+        (["models"], "needs an action"),
+        ([], "usage"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], message: str, tiny_model_dir: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    if argv[:1] == ["classify"]:
+        argv = [*argv, "-m", str(tiny_model_dir)]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err
+    assert captured.out == ""
+
+
+def test_resume_table_format_is_a_usage_error(tiny_model_dir: Path, tmp_path: Path,
+                                              photo_files: list[Path]) -> None:
+    out = tmp_path / "out.txt"
+    assert main(["classify", str(photo_files[0]), "-m", str(tiny_model_dir), "-f", "table",
+                 "-o", str(out), "--resume"]) == 2
+
+
+def test_failures_that_are_not_usage_errors_exit_1(tmp_path: Path, photo_files: list[Path],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["classify", str(photo_files[0]), "-m", "no-such-model"]) == 1
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+    assert main(["classify", str(photo_files[0]), "-m", str(tmp_path)]) == 1
+    assert "no card.json" in capsys.readouterr().err
+    assert main(["classify", "--files-from", str(tmp_path / "missing.txt")]) == 1
+    assert "missing.txt" in capsys.readouterr().err
+
+
+def test_bad_model_does_not_clobber_the_output(tmp_path: Path, photo_files: list[Path]) -> None:
+    out = tmp_path / "results.jsonl"
+    out.write_text('{"source": "earlier"}\n')
+    assert main(["classify", str(photo_files[0]), "-m", "no-such-model", "-o", str(out)]) == 1
+    assert out.read_text() == '{"source": "earlier"}\n'
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_resume_after_an_interrupted_run(fmt: str, tiny_model_dir: Path, tmp_path: Path,
+                                         inputs_100: tuple[list[str], dict[int, str]],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    inputs, bad = inputs_100
+    inputs = inputs[:40]
+    out = tmp_path / f"out.{fmt}"
+    base = ["classify", "-m", str(tiny_model_dir), "-f", fmt, "-o", str(out)]
+    # An interrupted run: the first 25 results, the last of them cut in the middle of its line.
+    assert main([*base, *inputs[:25]]) == 1
+    lines = out.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = lines[: len(lines) - 1]
+    out.write_text("".join(kept) + lines[-1][: len(lines[-1]) // 2], encoding="utf-8")
+    capsys.readouterr()
+    assert main([*base, "--resume", *inputs]) == 1  # earlier and new failures both count
+    err = capsys.readouterr().err
+    assert "resume: 24 of 40 inputs already done" in err
+    if fmt == "jsonl":
+        records = _jsonl(out)
+    else:
+        with open(out, newline="", encoding="utf-8") as f:
+            records = list(csv.DictReader(f))  # type: ignore[arg-type]
+    assert sorted(str(r["source"]) for r in records) == sorted(inputs)  # each exactly once
+    assert [r["source"] for r in records] == inputs  # and here even in order
+    _check_100(records, inputs, {i: e for i, e in bad.items() if i < 40})
+    # resuming a finished run does nothing and keeps the file as it is
+    before = out.read_bytes()
+    assert main([*base, "--resume", *inputs]) == 1
+    assert "resume: 40 of 40 inputs already done" in capsys.readouterr().err
+    assert out.read_bytes() == before
+
+
+def test_resume_exit_0_when_nothing_failed(tiny_model_dir: Path, tmp_path: Path,
+                                           photo_files: list[Path]) -> None:
+    files = [str(p) for p in photo_files[:4]]
+    out = tmp_path / "out.jsonl"
+    base = ["classify", "-m", str(tiny_model_dir), "-o", str(out), "--resume"]
+    assert main([*base, *files[:2]]) == 0
+    assert main([*base, *files]) == 0
+    assert [r["source"] for r in _jsonl(out)] == files
+
+
+def test_files_from_and_folders(tiny_model_dir: Path, tmp_path: Path, photo_files: list[Path],
+                                monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    (folder / ".hidden").mkdir()
+    for i, p in enumerate(photo_files[:3]):
+        shutil.copy(p, folder / f"b{i}{p.suffix}")
+    shutil.copy(photo_files[3], folder / "sub" / f"a{photo_files[3].suffix}")
+    shutil.copy(photo_files[4], folder / ".hidden" / f"c{photo_files[4].suffix}")
+    (folder / "notes.txt").write_text("not an image")
+    flat = collect_inputs([str(folder)])
+    assert [Path(p).name for p in flat] == sorted(Path(p).name for p in flat)
+    assert len(flat) == 3
+    deep = collect_inputs([str(folder)], recursive=True)
+    assert len(deep) == 4 and not any(".hidden" in p for p in deep)
+    assert collect_inputs(["missing.jpg"]) == ["missing.jpg"]  # kept: it gets a Failure
+
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{photo_files[5]}\n\n{photo_files[6]}\n")
+    assert main(["classify", "-m", str(tiny_model_dir), "--files-from", str(listing),
+                 "-r", str(folder)]) == 0
+    sources = [json.loads(line)["source"] for line in capsys.readouterr().out.splitlines()]
+    assert sources == [*deep, str(photo_files[5]), str(photo_files[6])]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{photo_files[7]}\n"))
+    assert main(["classify", "-m", str(tiny_model_dir), "--files-from", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["source"] == str(photo_files[7])
+
+
+def test_models_list_and_show(tiny_model_dir: Path, tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "models"
+    shutil.copytree(tiny_model_dir, root / "tiny-copy")
+    monkeypatch.setenv("WILDVISION_MODELS_PATH", str(root))
+    monkeypatch.setenv("WILDVISION_DEFAULT_MODEL", "tiny-copy")
+    assert main(["models", "list"]) == 0
+    listed = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    row = next(r for r in listed if r[0].startswith("tiny-copy"))
+    assert row[0] == "tiny-copy (default)" and row[1] == "0.0.1"
+    assert row[2].split(",")[0] == "ivory" and row[3] == str(root / "tiny-copy")
+
+    assert main(["models", "show", str(tiny_model_dir)]) == 0
+    shown = capsys.readouterr().out
+    assert shown.strip() == (tiny_model_dir / "README.md").read_text(encoding="utf-8").strip()
+    assert shown.startswith("# tiny-test 0.0.1")
+    assert main(["models", "show", "tiny-copy", "--json"]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert card == load_package(tiny_model_dir).card.to_dict()
+    assert main(["models", "show", "no-such-model"]) == 1
+    assert "tiny-copy" in capsys.readouterr().err  # the names it knows
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"wildvision {__version__}"
+    assert main(["--help"]) == 0
+    assert "classify" in capsys.readouterr().out

@@ -1,0 +1,126 @@
+"""Packaging and import hygiene: what the wheel contains, what importing costs, and the test
+suite's own no-network guard."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT, NetworkBlockedError
+
+HEAVY = ("torch", "torchvision", "timm", "onnxruntime", "onnx", "huggingface_hub", "ray",
+         "fastapi", "uvicorn", "matplotlib", "albumentations", "pyarrow", "sklearn")
+
+
+def _run(code: str, cwd: Path) -> dict[str, list[str]]:
+    """Run ``code`` in a fresh interpreter; it prints a JSON object on its last line."""
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, cwd=cwd, timeout=120, env={**os.environ, "PYTHONPATH": ""})
+    assert out.returncode == 0, out.stderr
+    result: dict[str, list[str]] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_import_is_light(tmp_path: Path) -> None:
+    """``import wildvision`` needs no torch; ``wildvision.cli`` (with every plugin's parser
+    registered) does not import onnxruntime or any other heavy dependency until a command runs."""
+    res = _run(
+        f"""
+        import json, sys
+        heavy = {HEAVY!r}
+        loaded = lambda: sorted({{m.split(".")[0] for m in sys.modules}} & set(heavy))
+        import wildvision
+        after_package = loaded()
+        import wildvision.cli
+        after_cli = loaded()
+        wildvision.cli.build_parser()
+        after_parser = loaded()
+        wildvision.cli.main(["--version"])
+        print()
+        print(json.dumps({{"package": after_package, "cli": after_cli, "parser": after_parser,
+                          "version": loaded()}}))
+        """,
+        tmp_path,
+    )
+    assert res == {"package": [], "cli": [], "parser": [], "version": []}
+
+
+def test_training_and_datasets_are_not_packages(tmp_path: Path) -> None:
+    for folder in ("training", "datasets"):
+        root = REPO_ROOT / folder
+        assert root.is_dir(), root
+        inits = sorted(str(p.relative_to(REPO_ROOT)) for p in root.rglob("__init__.py"))
+        assert inits == [], f"{folder}/ must not be a Python package: {inits}"
+    # outside the repository (as an installed user would be), neither name resolves to ours
+    res = _run(
+        """
+        import importlib.util, json
+        out = {}
+        for name in ("training", "datasets", "tests", "benchmarks"):
+            spec = importlib.util.find_spec(name)
+            locs = [] if spec is None else list(spec.submodule_search_locations or [spec.origin])
+            out[name] = [str(x) for x in locs]
+        print(json.dumps(out))
+        """,
+        tmp_path,
+    )
+    for name, locations in res.items():
+        assert not any(loc.startswith(str(REPO_ROOT)) for loc in locations), (name, locations)
+
+
+def test_wheel_contents_config() -> None:
+    """setuptools' own reading of pyproject.toml: only ``wildvision*`` packages, typed, with
+    the model packages as data, and the Apache-2.0 licence."""
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    config = read_configuration(REPO_ROOT / "pyproject.toml")
+    tool = config["tool"]["setuptools"]
+    packages = tool["packages"]
+    assert "wildvision" in packages
+    assert all(p == "wildvision" or p.startswith("wildvision.") for p in packages), packages
+    data = tool["package-data"]["wildvision"]
+    assert "py.typed" in data and any(d.startswith("models/") for d in data)
+    assert (REPO_ROOT / "wildvision" / "py.typed").is_file()
+    project = config["project"]
+    assert project["license"] == "Apache-2.0"
+    assert project["scripts"]["wildvision"] == "wildvision.cli:main"
+    core = {d.split(">")[0].split("=")[0].strip() for d in project["dependencies"]}
+    assert core == {"numpy", "pillow", "onnxruntime"}
+    license_text = (REPO_ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in license_text
+
+
+def test_network_is_blocked_except_loopback() -> None:
+    """The autouse fixture in conftest.py: outbound connections fail, loopback works."""
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, pytest.raises(
+        NetworkBlockedError, match="must not use the network"
+    ):
+        s.connect(("93.184.216.34", 80))
+    with pytest.raises(NetworkBlockedError):
+        socket.getaddrinfo("huggingface.co", 443)
+    with pytest.raises(NetworkBlockedError):
+        socket.create_connection(("example.com", 80), timeout=1)
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    try:
+        port = server.getsockname()[1]
+        with socket.create_connection(("localhost", port), timeout=5) as client:
+            conn, _ = server.accept()
+            client.sendall(b"ok")
+            assert conn.recv(2) == b"ok"
+            conn.close()
+    finally:
+        server.close()
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        a.sendall(b"unix")
+        assert b.recv(4) == b"unix"
