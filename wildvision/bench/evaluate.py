@@ -242,13 +242,11 @@ def _stat_fn(d: EvalData) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
             ffr = b["fp"] / (b["fp"] + b["tn"])
         out["false_flag_rate"] = ffr
         out["flag_balanced_accuracy"] = (b["recall"] + (1.0 - ffr)) / 2.0
-        out["flaggable_average_precision"] = curve.average_precision(W)
-        out["flaggable_roc_auc"] = curve.roc_auc(W)
+        out["flaggable_average_precision"], out["flaggable_roc_auc"] = curve.ap_auc(W)
         out["ece_top_label"] = M.expected_calibration_error(top_conf, correct_f, N_BINS, Wf)
         for g, c in group_curves.items():
             i = d.groups.index(g)
-            out[f"{g}/average_precision"] = c.average_precision(W)
-            out[f"{g}/roc_auc"] = c.roc_auc(W)
+            out[f"{g}/average_precision"], out[f"{g}/roc_auc"] = c.ap_auc(W)
             if g in FLAGGABLE_GROUPS:
                 pr = M.precision_recall_f1(d.true_g == i, d.gdec[:, i] == FLAG, W)
                 out[f"{g}/flag_precision"] = pr["precision"]
@@ -280,8 +278,7 @@ def _binary_stat(d: EvalData, positive_groups: Sequence[str]
             out[f"{name}/f1"] = b["f1"]
             out[f"{name}/false_positive_rate"] = fpr
             out[f"{name}/balanced_accuracy"] = (b["recall"] + 1.0 - fpr) / 2.0
-        out["average_precision"] = curve.average_precision(W)
-        out["roc_auc"] = curve.roc_auc(W)
+        out["average_precision"], out["roc_auc"] = curve.ap_auc(W)
         return out
 
     return stat

@@ -219,9 +219,15 @@ class BinaryCurve:
         fps = np.cumsum(W * (1.0 - self._y), axis=1)[:, self._ends]
         return tps, fps
 
-    def average_precision(self, w: NDArray | None = None) -> NDArray:
+    def ap_auc(self, w: NDArray | None = None) -> tuple[NDArray, NDArray]:
+        """:meth:`average_precision` and :meth:`roc_auc` from one pass over the weights."""
+        c = self.counts(w)
+        return self.average_precision(counts=c), self.roc_auc(counts=c)
+
+    def average_precision(self, w: NDArray | None = None,
+                          counts: tuple[NDArray, NDArray] | None = None) -> NDArray:
         """Average precision ``sum_k (R_k - R_{k-1}) P_k`` (scikit-learn's, no interpolation)."""
-        tps, fps = self.counts(w)
+        tps, fps = counts if counts is not None else self.counts(w)
         if tps.shape[1] == 0:
             return np.full(tps.shape[0], np.nan)
         pos = tps[:, -1:]
@@ -232,9 +238,10 @@ class BinaryCurve:
         ap[pos[:, 0] == 0] = np.nan
         return np.asarray(ap)
 
-    def roc_auc(self, w: NDArray | None = None) -> NDArray:
+    def roc_auc(self, w: NDArray | None = None,
+                counts: tuple[NDArray, NDArray] | None = None) -> NDArray:
         """Area under the ROC curve (trapezoids; ties count half); NaN unless both classes."""
-        tps, fps = self.counts(w)
+        tps, fps = counts if counts is not None else self.counts(w)
         if tps.shape[1] == 0:
             return np.full(tps.shape[0], np.nan)
         tpr = np.concatenate([np.zeros((tps.shape[0], 1)), _div(tps, tps[:, -1:])], axis=1)

@@ -84,7 +84,7 @@ def machine_info(threads: int | None = None, decode_workers: int | None = None
 
 
 # -- suites: the only place that knows the suite API of wildvision.data ----------------------
-def load_bench_suite(name_or_path: str) -> Any:
+def load_bench_suite(name_or_path: str | os.PathLike[str]) -> Any:
     """``wildvision.data.suites.load_suite`` (a :class:`~wildvision.data.suites.Suite`)."""
     try:
         from ..data.suites import load_suite
