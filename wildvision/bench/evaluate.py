@@ -534,8 +534,9 @@ def evaluate_model(run: ModelRun, *, n_resamples: int = 1000, seed: int = 0,
     unlabelled = len(ok) - len(labelled)
     info = run.info
     model = {k: info.get(k) for k in (
-        "name", "version", "path", "card_sha256", "files", "labels", "label_groups",
-        "thresholds", "temperature", "backend", "precision", "batch_size", "threads")}
+        "name", "version", "spec", "path", "card_sha256", "files", "arch", "labels",
+        "label_groups", "thresholds", "temperature", "backend", "precision", "batch_size",
+        "threads")}
     model["groups"] = [g for g in GROUP_NAMES if g in set(run.label_groups.values())]
     failed_by_type = Counter(str(r.get("error_type", "")) for r in failed)
     failed_by_source = Counter(str(r.get("source") or "") for r in failed)

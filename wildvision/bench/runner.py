@@ -19,6 +19,7 @@ from .._version import __version__
 from ..data.manifest import Manifest, ManifestRow, read_manifest
 from ..errors import ConfigError, DataError
 from ..modelpack import sha256_file
+from ..taxonomy import FLAGGABLE_GROUPS
 from .evaluate import true_group
 from .predictions import PREDICTIONS_FORMAT, PredictionWriter
 
@@ -179,7 +180,8 @@ def _model_info(key: str, clf: Any, args: dict[str, Any]) -> dict[str, Any]:
         "files": dict(card.files),
         "labels": list(card.labels),
         "label_groups": dict(card.label_groups),
-        "thresholds": {g: t.to_dict() for g, t in clf.thresholds.items()},
+        "thresholds": {g: t.to_dict() for g, t in clf.thresholds.items()
+                       if g in FLAGGABLE_GROUPS},
         "temperature": card.temperature,
         "arch": card.arch,
         **args,
