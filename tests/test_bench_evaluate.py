@@ -262,3 +262,22 @@ def test_read_predictions_errors(tmp_path: Path) -> None:
     p.write_text(json.dumps({"record": "run", "predictions_format": 99}) + "\n")
     with pytest.raises(DataError, match="newer"):
         read_predictions(p)
+
+
+def test_read_predictions_skips_a_cut_last_line(tmp_path: Path) -> None:
+    lines = [
+        {"record": "run", "predictions_format": 1, "command": "c"},
+        {"record": "model", "model_key": "m@1", "labels": list(LABEL_GROUPS),
+         "label_groups": LABEL_GROUPS, "name": "m", "version": "1"},
+        {**small_records()[0], "model_key": "m@1"},
+        {"record": "timing", "model_key": "m@1", "speed": {"images_per_s": 3.0}},
+    ]
+    text = "".join(json.dumps(x) + "\n" for x in lines)
+    cut = json.dumps({**small_records()[1], "model_key": "m@1"})[:40]
+    p = tmp_path / "p.jsonl"
+    p.write_text(text + cut)
+    pset = read_predictions(p)
+    assert pset.skipped_lines == 1
+    assert [m.key for m in pset.models] == ["m@1"]
+    assert len(pset.models[0].records) == 1
+    assert pset.models[0].speed == {"images_per_s": 3.0}
