@@ -54,6 +54,7 @@ class Sample:
     sha256: str
     source: str
     group: str
+    row: ManifestRow  # the manifest row as used: fine_label and split after merges/auto split
 
 
 @dataclass
@@ -289,8 +290,9 @@ def prepare_data(manifest: str | os.PathLike[str] | Manifest, recipe: Recipe, *,
     splits: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
     for i in sorted(keep, key=lambda i: labelled[i][0].path):
         r, lab = labelled[i]
+        used = r.with_(fine_label=lab, group=groups[lab], split=split_of[i])
         splits[split_of[i]].append(
-            Sample(m.abs_path(r), index[lab], r.sha256, r.source, groups[lab]))
+            Sample(m.abs_path(r), index[lab], r.sha256, r.source, groups[lab], used))
     used_new = {lab: g for lab, g in new_labels.items() if lab in index}
     return TrainData(
         labels=tuple(order), label_groups={lab: groups[lab] for lab in order},
@@ -359,6 +361,10 @@ def build_augmentation(aug: AugmentConfig, cfg: PreprocessConfig, seed: int) -> 
 class EvalDataset:
     """Samples through the exact inference preprocessing; items are ``(tensor, label)``.
 
+    ``normalize(load_eval_array(...))`` is :func:`wildvision.preprocess.preprocess_image` split
+    in two, so that the uint8 crops of the validation set can be kept between epochs (4x
+    smaller than float tensors); the values are identical to inference.
+
     Args:
         samples: the images.
         cfg: the preprocessing.
@@ -389,17 +395,31 @@ class EvalDataset:
 
 
 class TrainDataset:
-    """Training samples: decode, albumentations on the uint8 image, then ``normalize``.
+    """Training samples through :class:`wildvision.data.torch_dataset.ManifestDataset` (decode
+    exactly as inference, then our albumentations pipeline on the uint8 image, then
+    ``normalize``).
 
     ``reseed(n)`` makes the augmentation of the coming epoch reproducible (workers reseed
-    from torch's per-worker seed).
+    from torch's per-worker seed, see :func:`worker_init`).
     """
 
     def __init__(self, samples: Sequence[Sample], cfg: PreprocessConfig, aug: AugmentConfig,
-                 seed: int) -> None:
+                 seed: int, labels: Sequence[str], root: Path) -> None:
+        from ..data.torch_dataset import ManifestDataset
+
         self.samples = list(samples)
         self.cfg = cfg
         self.aug = build_augmentation(aug, cfg, seed)
+        manifest = Manifest(tuple(s.row for s in self.samples), root)
+        self.ds = ManifestDataset(manifest, labels, cfg, transform=self._augment,
+                                  label_field="fine_label")
+        if [self.ds.targets[i] for i in range(len(self.samples))] != [
+                s.label for s in self.samples]:  # pragma: no cover - a contract check
+            raise DataError("internal: ManifestDataset reordered the training rows")
+
+    def _augment(self, image: np.ndarray) -> np.ndarray:
+        out: np.ndarray = self.aug(image=image)["image"]
+        return out
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -407,15 +427,9 @@ class TrainDataset:
     def reseed(self, seed: int) -> None:
         self.aug.set_random_seed(seed % (2**32))
 
-    def augmented(self, i: int) -> np.ndarray:
-        img = np.asarray(_decode(self.samples[i].path, self.cfg))
-        out: np.ndarray = self.aug(image=img)["image"]
-        return out
-
     def __getitem__(self, i: int) -> tuple[Any, int]:
-        import torch
-
-        return torch.from_numpy(normalize(self.augmented(i), self.cfg)), self.samples[i].label
+        item: tuple[Any, int] = self.ds[i]
+        return item
 
 
 def worker_init(worker_id: int) -> None:

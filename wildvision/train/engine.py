@@ -279,7 +279,8 @@ class _FineTuner:
             weight = torch.from_numpy(
                 class_weights(self.y_train, n_cls, recipe.sampler_power)).float()
         self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=recipe.label_smoothing)
-        self.train_ds = TrainDataset(data.train, cfg, recipe.augmentation, recipe.seed)
+        self.train_ds = TrainDataset(data.train, cfg, recipe.augmentation, recipe.seed,
+                                     data.labels, data.manifest.root)
         self.val_ds = EvalDataset(data.val, cfg, cache=True)
         self.steps_per_epoch = len(_batches(range(len(data.train)), recipe.batch_size))
         self.total_steps = self.steps_per_epoch * recipe.epochs
@@ -537,7 +538,8 @@ def _head_only(model: WildvisionNet, data: TrainData, recipe: Recipe, cfg: Prepr
     x_train = [_embed(model, data.train, cfg, plain, recipe, show, "embed train")]
     y_train = [_labels(data.train)]
     if h.views > 1:
-        base = TrainDataset(data.train, cfg, recipe.augmentation, recipe.seed)
+        base = TrainDataset(data.train, cfg, recipe.augmentation, recipe.seed, data.labels,
+                            data.manifest.root)
         for v in range(1, h.views):
             meta = {"view": v, "aug": recipe.augmentation, "seed": recipe.seed, **cache_meta}
             vc = EmbeddingCache(cache_root, cache_key(**meta), meta)
@@ -561,8 +563,9 @@ def _head_only(model: WildvisionNet, data: TrainData, recipe: Recipe, cfg: Prepr
         "embed_seconds": round(t_embed, 2), "fit_seconds": round(t_fit, 2),
     }
     _append_jsonl(run_dir / "metrics.jsonl", record)
-    log.info("head-only: %d embeddings (%d new) in %.1f s, head fitted in %.2f s (l2=%g)",
-             record["train_embeddings"], record["embeddings_computed"], t_embed, t_fit, fit.l2)
+    log.info("head-only: %d training embeddings (%d computed, the rest cached) in %.1f s; "
+             "head fitted in %.2f s (l2=%g)", record["train_embeddings"],
+             record["embeddings_computed"], t_embed, t_fit, fit.l2)
     return x_val, x_test, record
 
 

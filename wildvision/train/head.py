@@ -48,10 +48,16 @@ def class_weights(y: np.ndarray, n_classes: int, power: float = 1.0) -> np.ndarr
 
 
 def _fit_one(z: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float,
-             weights: torch.Tensor | None, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+             weights: torch.Tensor | None, max_iter: int,
+             init: tuple[torch.Tensor, torch.Tensor] | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     d = z.shape[1]
-    w = torch.zeros(n_classes, d, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    if init is None:
+        w = torch.zeros(n_classes, d, dtype=z.dtype, requires_grad=True)
+        b = torch.zeros(n_classes, dtype=z.dtype, requires_grad=True)
+    else:  # warm start from the previous (stronger-L2) solution
+        w = init[0].clone().requires_grad_(True)
+        b = init[1].clone().requires_grad_(True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-7,
                             tolerance_change=1e-10, history_size=20,
                             line_search_fn="strong_wolfe")
@@ -73,8 +79,9 @@ def fit_linear_head(x_train: np.ndarray, y_train: np.ndarray, n_classes: int,
                     max_iter: int = 300, balance: str = "loss") -> HeadFit:
     """Fit ``softmax(emb @ W.T + b)`` with L2 on standardised embeddings.
 
-    With validation data, every L2 in ``l2_grid`` is fitted and the best validation macro-F1
-    wins (ties: lower NLL); without, the middle of the grid is used.
+    With validation data, every L2 in ``l2_grid`` is fitted (strongest first, each warm-starting
+    the next) and the best validation macro-F1 wins (ties: lower NLL); without, the middle of
+    the grid is used.
 
     Args:
         x_train, y_train: training embeddings (N, D) and labels (N,).
@@ -90,20 +97,25 @@ def fit_linear_head(x_train: np.ndarray, y_train: np.ndarray, n_classes: int,
     x = np.asarray(x_train, dtype=np.float64)
     mu = x.mean(axis=0)
     sd = x.std(axis=0) + 1e-6
-    z = torch.from_numpy((x - mu) / sd)
+    # float32 for large problems (the fit is matmul-bound); float64 otherwise
+    dtype = np.float32 if x.size > 2_000_000 else np.float64
+    z = torch.from_numpy(((x - mu) / sd).astype(dtype))
     y = torch.from_numpy(np.asarray(y_train, dtype=np.int64))
-    cw = (torch.from_numpy(class_weights(np.asarray(y_train), n_classes))
+    cw = (torch.from_numpy(class_weights(np.asarray(y_train), n_classes).astype(dtype))
           if balance == "loss" else None)
     has_val = x_val is not None and y_val is not None and len(y_val) > 0
-    grid = list(l2_grid) if has_val else [sorted(l2_grid)[len(l2_grid) // 2]]
+    # strongest L2 first: each fit warm-starts the next, weaker one
+    grid = sorted(l2_grid, reverse=True) if has_val else [sorted(l2_grid)[len(l2_grid) // 2]]
     best: tuple[float, float] | None = None
     chosen: tuple[torch.Tensor, torch.Tensor, float] | None = None
     trials: list[dict[str, Any]] = []
+    prev: tuple[torch.Tensor, torch.Tensor] | None = None
     for l2 in grid:
-        w, b = _fit_one(z, y, n_classes, float(l2), cw, max_iter)
+        w, b = _fit_one(z, y, n_classes, float(l2), cw, max_iter, prev)
+        prev = (w, b)
         if has_val:
             zv = (np.asarray(x_val, dtype=np.float64) - mu) / sd
-            logits = zv @ w.numpy().T + b.numpy()
+            logits = zv @ w.double().numpy().T + b.double().numpy()
             yv = np.asarray(y_val, dtype=np.int64)
             f1 = macro_f1(yv, logits.argmax(axis=1), n_classes)
             nll = float(-log_softmax(logits)[np.arange(len(yv)), yv].mean())
@@ -116,6 +128,6 @@ def fit_linear_head(x_train: np.ndarray, y_train: np.ndarray, n_classes: int,
             chosen = (w, b, float(l2))
     assert chosen is not None
     w, b, l2 = chosen
-    weight = w.numpy() / sd  # fold the standardisation back in
-    bias = b.numpy() - weight @ mu
+    weight = w.double().numpy() / sd  # fold the standardisation back in
+    bias = b.double().numpy() - weight @ mu
     return HeadFit(weight.astype(np.float32), bias.astype(np.float32), l2, trials)
