@@ -7,7 +7,7 @@ import json
 import os
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -17,7 +17,7 @@ import numpy as np
 from .errors import ConfigError, WildvisionError
 from .imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, decode_image, source_name
 from .modelpack import ModelPackage, Thresholds
-from .preprocess import preprocess_image
+from .preprocess import preprocess_image, resize_crop
 from .registry import resolve_model
 from .runtime import Backend, create_backend
 from .taxonomy import FLAGGABLE_GROUPS
@@ -280,19 +280,35 @@ class Classifier:
         self._lock = threading.Lock()
 
     # -- single steps -------------------------------------------------------------------
-    def _prepare(self, index: int, source: ImageSource) -> _Prepared:
+    def _prepare(self, index: int, source: ImageSource, out: np.ndarray | None = None
+                 ) -> _Prepared:
+        """Decode and preprocess one input; never raises (the error is kept in the result).
+
+        Runs in the decode threads. With ``out`` (a float32 CxHxW row of a preallocated batch)
+        the model input is written there, bit-identical to
+        :func:`~wildvision.preprocess.preprocess_image`, without a temporary float image.
+        """
         name = source_name(source)
         try:
+            cfg = self.card.preprocess
             dec = decode_image(
                 source,
                 max_pixels=self.max_pixels,
                 max_bytes=self.max_bytes,
-                draft_size=self.card.preprocess.draft_size,
+                draft_size=cfg.draft_size,
             )
-            tensor = preprocess_image(dec.image, self.card.preprocess)
+            if out is None:
+                tensor = preprocess_image(dec.image, cfg)
+            else:
+                # preprocess.normalize's arithmetic, (x / 255 - mean) / std in float32, done
+                # one contiguous channel at a time straight into the batch row.
+                chw = np.asarray(resize_crop(dec.image, cfg)).transpose(2, 0, 1)
+                for c in range(3):
+                    np.divide(chw[c], np.float32(255.0), out=out[c], dtype=np.float32)
+                    np.subtract(out[c], np.float32(cfg.mean[c]), out=out[c])
+                    np.divide(out[c], np.float32(cfg.std[c]), out=out[c])
+                tensor = out
             return _Prepared(index, name, tensor, dec.sha256, dec.original_size)
-        except WildvisionError as e:
-            return _Prepared(index, name, error=e)
         except Exception as e:  # a decoder bug must not take the batch down; keep its type
             return _Prepared(index, name, error=e)
 
@@ -347,11 +363,15 @@ class Classifier:
             embedding=tuple(float(v) for v in emb) if emb is not None else None,
         )
 
-    def _infer(self, prepared: list[_Prepared]) -> list[Result]:
+    def _infer(self, prepared: list[_Prepared], batch: np.ndarray | None = None
+               ) -> list[Result]:
+        # ``batch``: the preallocated rows of ``prepared`` (iter_classify), used as is when
+        # every item decoded.
         ok = [p for p in prepared if p.error is None]
         results: dict[int, Result] = {p.index: self._failure(p) for p in prepared if p.error}
         if ok:
-            batch = np.stack([p.tensor for p in ok])  # type: ignore[misc]
+            if batch is None or len(ok) != len(prepared):
+                batch = np.stack([p.tensor for p in ok])  # type: ignore[misc]
             try:
                 with self._lock:  # one run at a time per session keeps memory bounded
                     out = self.predict_arrays(batch)
@@ -388,34 +408,60 @@ class Classifier:
         """Classify a stream of images; yields one result per input, in input order.
 
         Decoding runs in ``decode_workers`` threads while the model runs the previous batch.
-        At most two batches are decoded ahead, so memory stays bounded on endless streams.
-        A bad input yields a :class:`Failure` in its slot; the stream goes on.
+        The decode threads write straight into one of three preallocated batch arrays (the
+        one the model runs and the two being filled), and at most two batches beyond the one
+        running are taken from ``sources``: memory stays bounded on endless streams and
+        ``sources`` is read lazily. A bad input yields a :class:`Failure` in its slot; the
+        stream goes on.
+
+        Args:
+            sources: paths, bytes, file objects, PIL images or arrays; any iterable, read once.
+            batch_size: images per model run.
+
+        Raises:
+            ConfigError: ``batch_size`` < 1.
         """
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        it = iter(enumerate(sources))
-        max_ahead = 2 * batch_size
-        pending: deque[Future[_Prepared]] = deque()
-        with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="wv-decode") as pool:
-            exhausted = False
+        if isinstance(sources, Sized):  # no batch arrays larger than the input list
+            batch_size = min(batch_size, max(1, len(sources)))
+        return self._pipeline(iter(sources), batch_size)
 
-            def fill() -> None:
-                nonlocal exhausted
-                while not exhausted and len(pending) < max_ahead:
+    def _pipeline(self, it: Iterator[ImageSource], batch_size: int) -> Iterator[Result]:
+        size = self.card.preprocess.input_size
+        n_buffers = 3  # the batch in the model + two being decoded
+        # np.empty does not touch memory: a short list only pays for the rows it fills.
+        buffers = [np.empty((batch_size, 3, size, size), np.float32) for _ in range(n_buffers)]
+        max_ahead = (n_buffers - 1) * batch_size
+        pending: deque[Future[_Prepared]] = deque()
+        submitted = 0
+        exhausted = False
+        with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="wv-decode") as pool:
+
+            def fill(limit: int) -> None:
+                nonlocal submitted, exhausted
+                while not exhausted and submitted < limit:
                     try:
-                        i, src = next(it)
+                        src = next(it)
                     except StopIteration:
                         exhausted = True
                         return
-                    pending.append(pool.submit(self._prepare, i, src))
+                    b, row = divmod(submitted, batch_size)
+                    out = buffers[b % n_buffers][row]
+                    pending.append(pool.submit(self._prepare, submitted, src, out))
+                    submitted += 1
 
-            fill()
+            fill(max_ahead)
+            done = 0
             try:
                 while pending:
+                    b = done // batch_size
                     chunk = [pending.popleft().result()
                              for _ in range(min(batch_size, len(pending)))]
-                    fill()  # keep decoding the next batch while this one runs
-                    yield from self._infer(chunk)
+                    done += len(chunk)
+                    # Decode the next two batches (never into buffer b) while this one runs.
+                    fill(done + max_ahead)
+                    yield from self._infer(chunk, buffers[b % n_buffers][: len(chunk)])
             finally:
                 for f in pending:
                     f.cancel()
