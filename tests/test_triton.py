@@ -15,14 +15,14 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("onnx", reason="the Triton export reads the graph with onnx ([train] extra)")
-import onnxruntime as ort  # noqa: E402
+import onnxruntime as ort
 
-from wildvision import Classifier  # noqa: E402
-from wildvision.errors import ConfigError, ModelIntegrityError  # noqa: E402
-from wildvision.export.triton import export_triton  # noqa: E402
-from wildvision.imaging import decode_image  # noqa: E402
-from wildvision.modelpack import load_package  # noqa: E402
-from wildvision.preprocess import preprocess_image  # noqa: E402
+from wildvision import Classifier
+from wildvision.errors import ConfigError, ModelIntegrityError
+from wildvision.export.triton import export_triton
+from wildvision.imaging import decode_image
+from wildvision.modelpack import load_package
+from wildvision.preprocess import preprocess_image
 
 TINY = Path(__file__).parent / "data" / "tiny-model"
 _TOKEN = re.compile(r'\s*(?:(#[^\n]*)|("(?:[^"\\]|\\.)*")|([{}\[\]:,])|([^\s{}\[\]:,"#]+))')

@@ -67,7 +67,8 @@ def run_classify(args: argparse.Namespace) -> int:
     actors = os.environ.get(ACTORS_ENV)
     try:
         concurrency = (int(actors) if actors else
-                       max(1, int(ray.cluster_resources().get("CPU", 1) // threads)))
+                       max(1, int(ray.cluster_resources().get(  # type: ignore[no-untyped-call]
+                           "CPU", 1) // threads)))
     except ValueError:
         raise ConfigError(f"${ACTORS_ENV} must be an integer, got {actors!r}") from None
 
