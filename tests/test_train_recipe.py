@@ -11,14 +11,14 @@ import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("yaml")
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from wildvision.cli import main  # noqa: E402
-from wildvision.data.manifest import ManifestRow, write_manifest  # noqa: E402
-from wildvision.errors import ConfigError, DataError  # noqa: E402
-from wildvision.taxonomy import group_of  # noqa: E402
-from wildvision.train.data import prepare_data  # noqa: E402
-from wildvision.train.recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
+from wildvision.cli import main
+from wildvision.data.manifest import ManifestRow, write_manifest
+from wildvision.errors import ConfigError, DataError
+from wildvision.taxonomy import group_of
+from wildvision.train.data import prepare_data
+from wildvision.train.recipe import Recipe, load_recipe, parse_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "training" / "recipes").glob("*.yaml"))

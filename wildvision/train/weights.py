@@ -36,6 +36,7 @@ from ..modelpack import sha256_file
 __all__ = [
     "WEIGHT_PACKAGES",
     "PretrainedWeights",
+    "check_backbone",
     "imagenet_classifier",
     "imagenet_labels",
     "load_backbone_weights",
@@ -85,6 +86,19 @@ def _timm_model(arch: str, num_classes: int | None = None) -> nn.Module:
         return timm.create_model(arch, pretrained=False, num_classes=num_classes)
     except RuntimeError as e:  # timm: "Unknown model (...)"
         raise ConfigError(f"unknown backbone {arch!r} ({e})") from e
+
+
+def check_backbone(arch: str) -> None:
+    """Raise ConfigError for an architecture timm does not know (with close names)."""
+    import difflib
+
+    import timm
+
+    if timm.is_model(arch):
+        return
+    close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(f"unknown backbone {arch!r}: not a timm architecture{hint}")
 
 
 def _classifier_prefix(model: nn.Module) -> str:
@@ -267,6 +281,7 @@ def resolve_weights(arch: str, spec: str = "auto", *, license: str = "",
         ConfigError: nothing usable found (the message says what was tried), an unsafe or
             mismatched file.
     """
+    check_backbone(arch)
     if spec == "none":
         return None
     if spec not in ("auto", "package", "hub"):
