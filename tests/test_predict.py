@@ -291,3 +291,33 @@ def test_torch_backend_gives_the_same_predictions(tiny_model_dir: Path, clf: Cla
 def test_package_is_loaded_once(tiny_model_dir: Path) -> None:
     pkg = load_package(tiny_model_dir)
     assert Classifier(pkg).package is pkg
+
+
+def test_module_api_sees_a_re_exported_model(tiny_model_dir: Path, tmp_path: Path,
+                                             photo_files: list[Path],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """classify_image caches classifiers, but a package re-exported to the same folder (a
+    retraining loop in a notebook) and a changed default model are picked up."""
+    import shutil
+
+    from wildvision.modelpack import write_card
+
+    folder = tmp_path / "models" / "retrained"
+    shutil.copytree(tiny_model_dir, folder)
+    src = photo_files[0]
+    before = classify_image(src, model=folder)
+    card = load_package(folder).card
+    write_card(folder, card.with_updates(temperature=25.0, version="0.0.2"))
+    after = classify_image(src, model=folder)
+    assert (before.model_version, after.model_version) == ("0.0.1", "0.0.2")
+    fresh = Classifier(folder).classify(src)
+    assert after.to_dict() == fresh.to_dict()
+    top = before.top_group
+    assert after.group(top).probability < before.group(top).probability  # flatter at T=25
+
+    monkeypatch.setenv("WILDVISION_MODELS_PATH", str(folder.parent))
+    monkeypatch.setenv("WILDVISION_DEFAULT_MODEL", "retrained")
+    assert classify_image(src).model_version == "0.0.2"
+    monkeypatch.setenv("WILDVISION_DEFAULT_MODEL", "not-installed-either")
+    with pytest.raises(ModelNotInstalledError):
+        classify_image(src)

@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
@@ -18,7 +19,7 @@ from .errors import ConfigError, WildvisionError
 from .imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, decode_image, source_name
 from .modelpack import ModelPackage, Thresholds
 from .preprocess import preprocess_image, resize_crop
-from .registry import resolve_model
+from .registry import default_model_name, resolve_model
 from .runtime import Backend, create_backend
 from .taxonomy import FLAGGABLE_GROUPS
 
@@ -476,12 +477,26 @@ _CACHE: dict[tuple[Any, ...], Classifier] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+def _model_key(model: Any) -> tuple[Any, ...]:
+    """What identifies ``model`` for the classifier cache. A package folder is keyed with its
+    card.json's mtime and size, so re-exporting a model to the same folder (a notebook
+    retraining loop) is picked up; ``None`` is keyed with the current default model name."""
+    if model is None:
+        return ("<default>", default_model_name())
+    text = os.fspath(model)
+    try:
+        st = (Path(text) / "card.json").stat()
+    except (OSError, ValueError):
+        return (text,)
+    return (text, st.st_mtime_ns, st.st_size)
+
+
 def _cached_classifier(model: Any, opts: dict[str, Any]) -> Classifier:
     if isinstance(model, ModelPackage):
         return Classifier(model, **opts)
     key_opts = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str))
                             for k, v in opts.items()))
-    key = (os.fspath(model) if model is not None else None, key_opts)
+    key = (_model_key(model), key_opts)
     with _CACHE_LOCK:
         clf = _CACHE.get(key)
         if clf is None:
