@@ -157,7 +157,7 @@ def _truncate_log(path: Path, last_epoch: int) -> None:
 
 
 def _bar(total: int, desc: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, file=sys.stderr,
                 dynamic_ncols=True)
