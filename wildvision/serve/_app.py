@@ -43,6 +43,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._version import __version__
+from ..errors import InvalidImageError
+from ..predict import Failure
 from ._config import ServeConfig, key_file_is_private
 
 __all__ = ["JsonLogFormatter", "create_app", "create_app_from_env"]
@@ -520,8 +522,17 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             else:
                 name, data = "<upload>", await within(deadline, request.body())
             src = as_source(name, data)
-            result = await run_inference(
-                lambda: clf.classify_many([src], batch_size=1)[0], deadline)
+
+            def infer_one() -> Any:
+                # In this thread: no decode pool per request. A bad image is the client's
+                # problem (422); any other error is ours (500, logged).
+                try:
+                    return clf.classify(src)
+                except InvalidImageError as e:
+                    return Failure(name, type(e).__name__, str(e), clf.card.name,
+                                   clf.card.version)
+
+            result = await run_inference(infer_one, deadline)
         body = result.to_dict()
         if not result.ok:
             note(request, clf, error_type=result.error_type)
@@ -615,16 +626,15 @@ def create_app_from_env() -> FastAPI:
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """Send wildvision.serve logs as JSON lines to stderr (used by ``wildvision serve``)."""
-    logger = logging.getLogger("wildvision.serve")
-    if any(getattr(h, "_wildvision", False) for h in logger.handlers):
-        return
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonLogFormatter())
-    handler._wildvision = True  # type: ignore[attr-defined]
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    logger.propagate = False
-    if os.environ.get("WILDVISION_SERVE_DEBUG"):
-        logger.setLevel(logging.DEBUG)
+    """Send the service's and uvicorn's logs as JSON lines to stderr (``wildvision serve``)."""
+    for name in ("wildvision.serve", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if any(getattr(h, "_wildvision", False) for h in logger.handlers):
+            continue
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonLogFormatter())
+        handler._wildvision = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG if os.environ.get("WILDVISION_SERVE_DEBUG") else level)
+        logger.propagate = False
 
