@@ -196,3 +196,21 @@ def test_single_class_is_an_error(tmp_path: Path) -> None:
     write_manifest(manifest, _rows(_images(data, "cup", 3), "tableware"))
     with pytest.raises(DataError, match="at least 2 classes"):
         prepare_data(manifest, load_recipe(QUICK), data_root=data)
+
+
+def test_cli_plugin_imports_no_heavy_module() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; import wildvision.cli as c; c.build_parser(); "
+            "import wildvision.train; "
+            "heavy = [m for m in ('torch', 'timm', 'albumentations', 'cv2') if m in sys.modules];"
+            " print(heavy); sys.exit(1 if heavy else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    help_text = subprocess.run([sys.executable, "-m", "wildvision.cli", "train", "--help"],
+                               capture_output=True, text=True)
+    assert help_text.returncode == 0
+    for flag in ("--data", "--recipe", "--out", "--data-root", "--resume", "--head-only",
+                 "--from-scratch", "--weights", "--epochs", "--limit-per-class"):
+        assert flag in help_text.stdout
