@@ -274,17 +274,15 @@ def test_requests_over_the_concurrency_bound_get_503_at_once(big_png: bytes) -> 
                 return list(await asyncio.gather(*[
                     c.post("/v1/classify", content=jpeg(i)) for i in range(8)]))
 
-        t0 = time.monotonic()
         rejected = asyncio.run(burst())
-        burst_s = time.monotonic() - t0
         still_running = service.running == 1
         t.join(120)
+        # all answered while the slot was still taken: rejected at once, not queued
         assert still_running, "the slow batch ended before the burst: inconclusive"
         assert [r.status_code for r in rejected] == [503] * 8
         for r in rejected:
             assert r.headers["retry-after"] == "1"
             assert r.json()["error_type"] == "ServiceUnavailable"
-        assert burst_s < 10  # answered without waiting for the slot
         assert slow["r"].status_code == 200
         assert all(d["ok"] for d in slow["r"].json()["results"])
         wait_until(lambda: service.running == 0)
@@ -321,16 +319,14 @@ def test_slow_inference_gets_504_and_keeps_its_slot_until_done(big_png: bytes) -
                       batch_size=4)
     with running_server(cfg) as (url, app):
         files = [("files", (f"{i}.png", big_png, "image/png")) for i in range(6)]
-        t0 = time.monotonic()
         r = httpx.post(url + "/v1/classify/batch", files=files, timeout=60)
-        elapsed = time.monotonic() - t0
         assert r.status_code == 504, r.text
         assert r.json()["error_type"] == "Timeout"
-        assert elapsed < 1.5
-        # the abandoned work still holds the slot: no unbounded pile-up behind timeouts
-        if app.state.wildvision.running == 1:
-            busy = httpx.post(url + "/v1/classify", content=jpeg(0))
-            assert busy.status_code == 503
+        # answered while the work (6 big decodes, over a second) still runs, and that
+        # abandoned work keeps its slot: no unbounded pile-up behind timeouts
+        assert app.state.wildvision.running == 1
+        busy = httpx.post(url + "/v1/classify", content=jpeg(0))
+        assert busy.status_code == 503
         wait_until(lambda: app.state.wildvision.running == 0, timeout=60)
         assert httpx.post(url + "/v1/classify", content=jpeg(0)).status_code == 200
 
