@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ZooItem, mixed_inputs
 
 from wildvision import __version__
 from wildvision.cli import CSV_FIELDS, collect_inputs, main
 from wildvision.modelpack import load_package
+
+from conftest import ZooItem, mixed_inputs
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,11 @@ import io
 
 import numpy as np
 import pytest
-from conftest import encode, photo_like
 from PIL import Image
 
 from wildvision.data import phash as ph
+
+from conftest import encode, photo_like
 
 
 def _reload(data: bytes) -> Image.Image:

@@ -10,7 +10,6 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
-from conftest import encode, photo_like
 
 from wildvision.cli import main
 from wildvision.data.check import check_manifest
@@ -25,6 +24,8 @@ from wildvision.data.split import (
     split_rows,
 )
 from wildvision.errors import ConfigError, DataError
+
+from conftest import encode, photo_like
 
 LABELS_YAML = """\
 labels:

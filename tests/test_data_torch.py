@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import encode, photo_like
 
 from wildvision.data.manifest import Manifest, ManifestRow
 from wildvision.errors import DataError
 from wildvision.imaging import decode_image
 from wildvision.preprocess import PreprocessConfig, normalize, preprocess_image
+
+from conftest import encode, photo_like
 
 torch = pytest.importorskip("torch", reason="the [train] extra (torch) is not installed")
 from wildvision.data.torch_dataset import ManifestDataset  # noqa: E402

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ZooItem, encode, photo_like, png_header_only
 from PIL import Image
 
 from wildvision.errors import (
@@ -22,6 +21,8 @@ from wildvision.errors import (
     WildvisionError,
 )
 from wildvision.imaging import decode_image, load_image, source_name
+
+from conftest import ZooItem, encode, photo_like, png_header_only
 
 # -- every input kind -------------------------------------------------------------------------
 

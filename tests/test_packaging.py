@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO_ROOT, NetworkBlockedError
 
 HEAVY = ("torch", "torchvision", "timm", "onnxruntime", "onnx", "huggingface_hub", "ray",

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import BAD_ZOO, ZooItem, mixed_inputs, photo_like
 
 from wildvision.errors import (
     ConfigError,
@@ -30,6 +29,8 @@ from wildvision.predict import (
     softmax,
 )
 from wildvision.taxonomy import FLAGGABLE_GROUPS
+
+from conftest import BAD_ZOO, ZooItem, mixed_inputs, photo_like
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import encode, photo_like
 from PIL import Image
 
 from wildvision.errors import ConfigError
@@ -21,6 +20,8 @@ from wildvision.preprocess import (
     preprocess_image,
     resize_crop,
 )
+
+from conftest import encode, photo_like
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import photo_like
 
 from wildvision.errors import ConfigError, MissingExtraError, ModelIntegrityError
 from wildvision.imaging import decode_image
 from wildvision.modelpack import ModelPackage, load_package, sha256_file
 from wildvision.preprocess import preprocess, preprocess_image
 from wildvision.runtime import OnnxBackend, create_backend
+
+from conftest import photo_like
 
 
 @pytest.fixture(scope="module")
