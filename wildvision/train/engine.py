@@ -59,6 +59,7 @@ log = logging.getLogger("wildvision.train")
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
 STATE_VERSION = 1
+_SHARD_IMAGES = 1024  # embeddings written to the cache every this many images
 
 
 @dataclass(frozen=True)
@@ -515,13 +516,22 @@ def _embed(model: WildvisionNet, samples: Sequence[Sample], cfg: PreprocessConfi
         model.eval()
         out: list[np.ndarray] = []
         bar = _bar(len(todo), desc, show)
+        done = flushed = 0
+        t0 = time.perf_counter()
         with torch.no_grad():
             for x, _y in _loader(sub, _batches(range(len(todo)), recipe.eval_batch_size),
                                  recipe.workers):
                 out.append(model(x)[1].numpy())
+                done += len(x)
                 bar.update(len(x))
+                if done - flushed >= _SHARD_IMAGES:  # an interrupted run keeps what it did
+                    cache.put_many([shas[i] for i in todo[flushed:done]], np.concatenate(out))
+                    out, flushed = [], done
+                    log.info("%s: %d/%d images (%.1f img/s)", desc, done, len(todo),
+                             done / (time.perf_counter() - t0))
         bar.close()
-        cache.put_many([shas[i] for i in todo], np.concatenate(out))
+        if out:
+            cache.put_many([shas[i] for i in todo[flushed:done]], np.concatenate(out))
     if not shas:
         return np.zeros((0, model.num_features), np.float32)
     return cache.get_many(shas)
