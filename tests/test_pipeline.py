@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,28 +92,59 @@ class _CountingSource:
             yield d
 
 
-@pytest.mark.parametrize("batch_size", [1, 5])
-def test_reads_ahead_at_most_three_batches(clf: Classifier, photo_files: list[Path],
-                                           batch_size: int) -> None:
+@pytest.mark.parametrize("batch_size", [1, 5, 32])
+def test_reads_ahead_a_bounded_number_of_images(clf: Classifier, photo_files: list[Path],
+                                                batch_size: int) -> None:
     src = _CountingSource([p.read_bytes() for p in photo_files[:7]])
-    bound = 3 * batch_size  # the batch in the model + two being decoded
+    bound = 5 * batch_size  # documented in Classifier.iter_classify
     ahead = []
     n = 0
     for r in clf.iter_classify(src, batch_size=batch_size):  # an endless stream
         assert r.ok
         ahead.append(src.taken - n)
         n += 1
-        if n == 40:
+        if n == 100:
             break
     assert max(ahead) <= bound
     assert max(ahead) >= batch_size  # it does read ahead (decode overlaps inference)
     assert src.taken <= n + bound
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_model_runs_overlap_up_to_two(tiny_model_dir: Path, photo_files: list[Path],
+                                      threads: int) -> None:
+    clf = Classifier(tiny_model_dir, threads=threads, decode_workers=2)
+    run = clf.backend.run
+    active, peak, lock = 0, 0, threading.Lock()
+
+    def slow_run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        time.sleep(0.02)  # long enough for the other run to start if it may
+        try:
+            return run(batch)
+        finally:
+            with lock:
+                active -= 1
+
+    clf.backend.run = slow_run  # type: ignore[method-assign]
+    sources = [str(p) for p in photo_files[:40]]
+    results = clf.classify_many(sources, batch_size=4)
+    assert [r.source for r in results] == sources and all(r.ok for r in results)
+    assert peak == min(threads, 2)
+
+
+def test_threads_must_be_positive(tiny_model_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="threads"):
+        Classifier(tiny_model_dir, threads=0)
+
+
 def test_stopping_early_releases_the_decode_threads(clf: Classifier,
                                                     photo_files: list[Path]) -> None:
     def decode_threads() -> int:
-        return sum(t.name.startswith("wv-decode") for t in threading.enumerate())
+        return sum(t.name.startswith(("wv-decode", "wv-infer")) for t in threading.enumerate())
 
     before = decode_threads()
     it = clf.iter_classify(itertools.cycle([str(p) for p in photo_files[:5]]), batch_size=4)

@@ -213,6 +213,31 @@ def _merge_thresholds(package: ModelPackage, overrides: ThresholdSpec | None
     return out
 
 
+# Input pixels per model run in iter_classify: two 224 px images. The runs are single-threaded
+# (see _inference_layout), where ONNX Runtime's time per image does not depend on the run size,
+# while its activation memory grows with it: about 30 MB per 224 px image for
+# EfficientNet-Lite0, i.e. 940 MB of peak RSS for one run of 32 images.
+_RUN_PIXELS = 2 * 224 * 224
+
+
+def _inference_layout(threads: int | None, backend: str) -> tuple[int, int]:
+    """How ``threads`` inference threads are used: (concurrent runs, runtime threads per run).
+
+    ONNX Runtime splits every operator over its intra-op threads and waits for all of them
+    before the next one; on a few cores shared with the decode threads, one descheduled thread
+    stalls the others at every operator. Two concurrent runs of a few images, each with half
+    the threads (one each on a 2-core machine), keep the cores busy instead: measured in
+    docs/performance.md. The torch backend keeps its own threading (one run at a time).
+    """
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be >= 1, got {threads}")
+    if backend != "onnx":
+        return 1, threads  # type: ignore[return-value]
+    total = threads or os.cpu_count() or 1
+    runs = min(2, total)
+    return runs, max(1, total // runs)
+
+
 @dataclass
 class _Prepared:
     index: int
@@ -261,8 +286,9 @@ class Classifier:
     ) -> None:
         self.package = resolve_model(model)
         self.card = self.package.card
+        runs, run_threads = _inference_layout(threads, backend)
         self.backend: Backend = create_backend(
-            self.package, backend, precision=precision, threads=threads
+            self.package, backend, precision=precision, threads=run_threads
         )
         self.precision = precision
         self.thresholds = _merge_thresholds(self.package, thresholds)
@@ -278,7 +304,8 @@ class Classifier:
         self._group_matrix = np.zeros((len(labels), len(self._groups)), dtype=np.float64)
         for i, lab in enumerate(labels):
             self._group_matrix[i, self._groups.index(self.card.label_groups[lab])] = 1.0
-        self._lock = threading.Lock()
+        self._runs = runs
+        self._lock = threading.BoundedSemaphore(runs)  # at most `runs` model runs at once
 
     # -- single steps -------------------------------------------------------------------
     def _prepare(self, index: int, source: ImageSource, out: np.ndarray | None = None
@@ -374,7 +401,7 @@ class Classifier:
             if batch is None or len(ok) != len(prepared):
                 batch = np.stack([p.tensor for p in ok])  # type: ignore[misc]
             try:
-                with self._lock:  # one run at a time per session keeps memory bounded
+                with self._lock:  # at most self._runs runs at once keeps memory bounded
                     out = self.predict_arrays(batch)
             except Exception as e:  # e.g. the runtime failing: every item records it
                 for p in ok:
@@ -408,16 +435,17 @@ class Classifier:
                       ) -> Iterator[Result]:
         """Classify a stream of images; yields one result per input, in input order.
 
-        Decoding runs in ``decode_workers`` threads while the model runs the previous batch.
-        The decode threads write straight into one of three preallocated batch arrays (the
-        one the model runs and the two being filled), and at most two batches beyond the one
-        running are taken from ``sources``: memory stays bounded on endless streams and
-        ``sources`` is read lazily. A bad input yields a :class:`Failure` in its slot; the
-        stream goes on.
+        ``decode_workers`` threads decode images (JPEGs at draft size) straight into a ring of
+        preallocated model inputs, while the model runs on the images before them: up to two
+        runs at once, of a few images each, on the one ONNX Runtime session. ``sources`` is
+        read lazily and at most about ``batch_size`` images ahead of the model (never more
+        than ``5 * batch_size`` ahead of the results), so memory stays bounded on endless
+        streams. A bad input yields a :class:`Failure` in its slot; the stream goes on.
 
         Args:
             sources: paths, bytes, file objects, PIL images or arrays; any iterable, read once.
-            batch_size: images per model run.
+            batch_size: images decoded ahead of the model (default 32). The model itself runs
+                on a few images at a time: see docs/performance.md.
 
         Raises:
             ConfigError: ``batch_size`` < 1.
@@ -430,39 +458,46 @@ class Classifier:
 
     def _pipeline(self, it: Iterator[ImageSource], batch_size: int) -> Iterator[Result]:
         size = self.card.preprocess.input_size
-        n_buffers = 3  # the batch in the model + two being decoded
-        # np.empty does not touch memory: a short list only pays for the rows it fills.
-        buffers = [np.empty((batch_size, 3, size, size), np.float32) for _ in range(n_buffers)]
-        max_ahead = (n_buffers - 1) * batch_size
-        pending: deque[Future[_Prepared]] = deque()
-        submitted = 0
+        run = max(1, min(batch_size, _RUN_PIXELS // (size * size)))
+        n_runs = self._runs
+        # A ring of decoded model inputs: item i is written into row i % slots by a decode
+        # thread, and the model reads runs of consecutive rows in place. Row i is reused for
+        # item i + slots only once item i's result is out. slots is a multiple of run, so a
+        # run never wraps around.
+        slots = -(-(batch_size + n_runs * run) // run) * run
+        ring = np.empty((slots, 3, size, size), np.float32)  # untouched rows cost no memory
+        pending: deque[Future[_Prepared]] = deque()  # decoding, in input order
+        running: deque[Future[list[Result]]] = deque()  # in the model, in input order
+        taken = queued = done = 0  # items read from sources / given to the model / yielded
         exhausted = False
-        with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="wv-decode") as pool:
+        with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="wv-decode") as decode, \
+                ThreadPoolExecutor(n_runs, thread_name_prefix="wv-infer") as infer:
 
-            def fill(limit: int) -> None:
-                nonlocal submitted, exhausted
-                while not exhausted and submitted < limit:
+            def fill() -> None:
+                nonlocal taken, exhausted
+                while not exhausted and taken < done + slots:
                     try:
                         src = next(it)
                     except StopIteration:
                         exhausted = True
                         return
-                    b, row = divmod(submitted, batch_size)
-                    out = buffers[b % n_buffers][row]
-                    pending.append(pool.submit(self._prepare, submitted, src, out))
-                    submitted += 1
+                    pending.append(decode.submit(self._prepare, taken, src,
+                                                 ring[taken % slots]))
+                    taken += 1
 
-            fill(max_ahead)
-            done = 0
             try:
-                while pending:
-                    b = done // batch_size
-                    chunk = [pending.popleft().result()
-                             for _ in range(min(batch_size, len(pending)))]
-                    done += len(chunk)
-                    # Decode the next two batches (never into buffer b) while this one runs.
-                    fill(done + max_ahead)
-                    yield from self._infer(chunk, buffers[b % n_buffers][: len(chunk)])
+                fill()
+                while pending or running:
+                    while pending and len(running) < n_runs:
+                        k = min(run, len(pending), slots - queued % slots)
+                        chunk = [pending.popleft().result() for _ in range(k)]
+                        row = queued % slots
+                        running.append(infer.submit(self._infer, chunk, ring[row: row + k]))
+                        queued += k
+                    results = running.popleft().result()
+                    done += len(results)
+                    fill()
+                    yield from results
             finally:
                 for f in pending:
                     f.cancel()
