@@ -182,13 +182,17 @@ def imagenet_model(package: ModelPackage) -> torch.nn.Module:
     return model
 
 
-def _check_against_torch(package: ModelPackage, model: torch.nn.Module,
+@pytest.fixture(scope="module")
+def classifier(package: ModelPackage) -> Classifier:
+    return Classifier(package.path, threads=1, top_k=len(package.card.labels))
+
+
+def _check_against_torch(package: ModelPackage, model: torch.nn.Module, clf: Classifier,
                          files: list[Path]) -> list[Prediction]:
     """Classify ``files`` through the core API (ONNX) and compare every label and group
     probability with the summed ImageNet softmax computed directly in torch."""
     want = _label_probs(model, files, package)
     labels = package.card.labels
-    clf = Classifier(package.path, threads=1, top_k=len(labels))
     preds = []
     for k, f in enumerate(files):
         pred = clf.classify(f)
@@ -205,17 +209,18 @@ def _check_against_torch(package: ModelPackage, model: torch.nn.Module,
 
 
 def test_generated_images_get_summed_imagenet_probabilities(
-        package: ModelPackage, imagenet_model: torch.nn.Module, tmp_path: Path) -> None:
+        package: ModelPackage, imagenet_model: torch.nn.Module, classifier: Classifier,
+        tmp_path: Path) -> None:
     files = []
     for name, img in _images():
         files.append(tmp_path / f"{name}.png")
         img.save(files[-1])
-    preds = _check_against_torch(package, imagenet_model, files)
+    preds = _check_against_torch(package, imagenet_model, classifier, files)
     assert len(preds) == 3
 
 
 def test_real_photos_get_summed_imagenet_probabilities(
-        package: ModelPackage, imagenet_model: torch.nn.Module) -> None:
+        package: ModelPackage, imagenet_model: torch.nn.Module, classifier: Classifier) -> None:
     tigers_dir = SHARED / "bigcats" / "live_tiger"
     cats_dir = SHARED / "dogs_vs_cats" / "domestic_cat"
     if not tigers_dir.is_dir() or not cats_dir.is_dir():
@@ -223,7 +228,7 @@ def test_real_photos_get_summed_imagenet_probabilities(
                     "dogs_vs_cats/domestic_cat)")
     tigers = sorted(tigers_dir.iterdir())[:2]
     cats = sorted(cats_dir.iterdir())[:2]
-    preds = _check_against_torch(package, imagenet_model, tigers + cats)
+    preds = _check_against_torch(package, imagenet_model, classifier, tigers + cats)
     for f, pred in zip(tigers, preds[:2], strict=True):
         assert pred.top_group == "live_protected_animal", (f.name, pred.to_dict())
     for f, pred in zip(cats, preds[2:], strict=True):
