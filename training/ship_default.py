@@ -1,0 +1,83 @@
+"""Record of how the default model package inside the wheel is made from a training run.
+
+    # 1. copy the run's ONNX + card into the package folder (no safetensors: keeps the wheel
+    #    small; retrain from the recipe instead)
+    python training/ship_default.py copy runs/wildvision-base-v1/package wildvision/models/wildvision-base
+    # 2. INT8 beside fp32 (calibrated on validation images)
+    wildvision export int8 wildvision/models/wildvision-base --calib datasets/wildvision-ref/manifest.csv --split val --limit 256
+    # 3. bench runs (see training/README.md), then put their numbers in the card:
+    python training/ship_default.py metrics wildvision/models/wildvision-base \
+        reference_test=runs/bench/base-v1 ...
+
+Every number written into the card comes from a ``metrics.json`` written by
+``wildvision bench`` (its command, data, manifest hash and commit travel with it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from wildvision.bench import card_metrics
+from wildvision.modelpack import load_package, write_card
+
+SHIPPED_FILES = ("model.onnx", "model.int8.onnx")
+
+
+def copy(run_package: Path, out: Path, extra_json: Path | None) -> None:
+    pkg = load_package(run_package)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.iterdir():
+        if old.is_file():
+            old.unlink()
+    for name in SHIPPED_FILES:
+        if name in pkg.card.files:
+            shutil.copy2(run_package / name, out / name)
+    extra = dict(pkg.card.extra)
+    if extra_json is not None:
+        extra.update(json.loads(extra_json.read_text(encoding="utf-8")))
+    card = pkg.card.with_updates(extra=extra)
+    write_card(out, card)
+    load_package(out)  # verify what we wrote
+    print(f"shipped {run_package} -> {out}")
+
+
+def metrics(package: Path, benches: list[str]) -> None:
+    pkg = load_package(package)
+    m: dict[str, Any] = dict(pkg.card.metrics)
+    for spec in benches:
+        key, _, path = spec.partition("=")
+        mj = Path(path)
+        if mj.is_dir():
+            mj = mj / "metrics.json"
+        data = json.loads(mj.read_text(encoding="utf-8"))
+        names = [b["model"]["name"] for b in data["models"]]
+        model = pkg.card.name if pkg.card.name in names else None
+        m[key] = card_metrics(data, model=model)
+    write_card(package, pkg.card.with_updates(metrics=m), rehash=False)
+    print(f"{package}: metrics {', '.join(k for k in m)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("copy")
+    c.add_argument("run_package", type=Path)
+    c.add_argument("out", type=Path)
+    c.add_argument("--extra", type=Path, help="JSON of card.extra fields to add (card text)")
+    mt = sub.add_parser("metrics")
+    mt.add_argument("package", type=Path)
+    mt.add_argument("benches", nargs="+", metavar="KEY=BENCH_DIR")
+    a = ap.parse_args()
+    if a.cmd == "copy":
+        copy(a.run_package, a.out, a.extra)
+    else:
+        metrics(a.package, a.benches)
+
+
+if __name__ == "__main__":
+    main()
