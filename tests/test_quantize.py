@@ -93,9 +93,19 @@ def test_int8_package_is_valid_and_recorded(int8_model: Path) -> None:
     model = onnx.load(int8_model / "model.int8.onnx")
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    # the stem and the classifier stay in float
-    assert sorted(rec["kept_fp32"]) == sorted(
-        [n.name for n in model.graph.node if n.op_type == "Gemm"] + ["/conv_stem/Conv"])
+    # the first convolutions and the classifier stay in float: their weights are plain
+    # initializers, not the output of a DequantizeLinear
+    kept = rec["kept_fp32"]
+    assert len(kept) == 4 and kept[0] == "/conv_stem/Conv"
+    nodes = {n.name: n for n in model.graph.node}
+    dq_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear"
+                  for o in n.output}
+    inits = {i.name for i in model.graph.initializer}
+    for name in kept:
+        assert nodes[name].op_type in ("Conv", "Gemm", "MatMul")
+        assert nodes[name].input[1] in inits and nodes[name].input[1] not in dq_outputs
+    quantized = [n for n in model.graph.node if n.op_type == "Conv" and n.name not in kept]
+    assert quantized and all(n.input[1] in dq_outputs for n in quantized)
     assert "int8" in (int8_model / "README.md").read_text(encoding="utf-8").lower()
 
 
