@@ -196,3 +196,13 @@ def test_cli_export_int8_then_classify(sharp_model: Path, images: dict[str, list
     line = json.loads(capsys.readouterr().out.strip())
     assert line["ok"] is True and line["model"] == card["name"]
     assert main(["export", "int8", str(pkg), "--calib", str(tmp_path / "nothing")]) == 2
+
+
+def test_cli_export_triton_is_wired(tiny_model_dir: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "repo"
+    assert main(["export", "triton", str(tiny_model_dir), "--out", str(out),
+                 "--max-batch-size", "8"]) == 0
+    entry = Path(capsys.readouterr().out.strip())
+    assert entry.parent == out and "max_batch_size: 8" in (entry / "config.pbtxt").read_text()
+    assert main(["export"]) == 2  # no format given: usage
