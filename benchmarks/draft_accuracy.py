@@ -85,13 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="wv-draft-")
         scaled = []
         for i, p in enumerate(paths):
-            with Image.open(p) as im:
-                im = decode_image(im).image
-                s = args.upscale / max(im.size)
-                im = im.resize((max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))),
-                               Image.Resampling.BICUBIC)
-                out = Path(tmp.name) / f"{i:06d}.jpg"
-                im.save(out, quality=90)
+            img = decode_image(p).image
+            s = args.upscale / max(img.size)
+            img = img.resize((max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s))),
+                             Image.Resampling.BICUBIC)
+            out = Path(tmp.name) / f"{i:06d}.jpg"
+            img.save(out, quality=90)
             scaled.append(os.fspath(out))
         paths = scaled
         print(f"re-encoded {len(paths)} images at {args.upscale} px long side (JPEG q90) in "

@@ -73,13 +73,14 @@ def listing_photos(data: Path, out: Path, n: int, seed: int = 0) -> tuple[list[s
     out.mkdir(parents=True, exist_ok=True)
     files = []
     for i, rel in enumerate(rows[:n]):
-        with Image.open(data / rel) as im:
-            im = im.convert("RGB")
-            long_side = rng.randint(1200, 1600)
-            s = long_side / max(im.size)
-            im = im.resize((round(im.size[0] * s), round(im.size[1] * s)), Image.Resampling.BICUBIC)
-            path = out / f"{i:05d}.jpg"
-            im.save(path, quality=90)
+        with Image.open(data / rel) as src:
+            img = src.convert("RGB")
+        long_side = rng.randint(1200, 1600)
+        s = long_side / max(img.size)
+        img = img.resize((round(img.size[0] * s), round(img.size[1] * s)),
+                         Image.Resampling.BICUBIC)
+        path = out / f"{i:05d}.jpg"
+        img.save(path, quality=90)
         files.append(os.fspath(path))
     calib = [os.fspath(data / r) for r in rows[n: n + 200]]
     return files, calib
@@ -180,10 +181,12 @@ def wildvision_runner(package: Any, precision: str, batch_size: int, threads: in
 
     def run(files: Sequence[str]) -> list[int]:
         out = wildvision.classify_images(files, model, batch_size=batch_size, **opts)
-        bad = [r for r in out if not r.ok]
-        if bad:
-            raise SystemExit(f"wildvision failed on {bad[0].source}: {bad[0].message}")
-        return [labels.index(r.top_labels[0].label) for r in out]
+        top = []
+        for r in out:
+            if not isinstance(r, wildvision.Prediction):
+                raise SystemExit(f"wildvision failed on {r.source}: {r.message}")
+            top.append(labels.index(r.top_labels[0].label))
+        return top
 
     from wildvision.predict import _cached_classifier
 

@@ -188,7 +188,7 @@ def measure_agreement(package: str | os.PathLike[str] | ModelPackage,
         >>> measure_agreement("my-model", ["a.jpg", "b.jpg"])["top1_agreement"]  # doctest: +SKIP
         1.0
     """
-    pkg = package if isinstance(package, ModelPackage) else load_package(package)
+    pkg = package if isinstance(package, ModelPackage) else load_package(Path(package))
     fp32 = OnnxBackend(pkg.onnx_file("fp32"))
     int8 = OnnxBackend(pkg.onnx_file("int8"))
     return _agreement(pkg.card, fp32, int8, [os.fspath(p) for p in images], batch_size)
