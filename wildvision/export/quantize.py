@@ -4,11 +4,12 @@ against the fp32 model on held-out images, and recorded in the card.
 
 ``Classifier(model, precision="int8")`` / ``wildvision classify --precision int8`` select it.
 
-Static QDQ quantization with per-channel weights is the default: on the x86 CPUs measured for
-docs/performance.md it was both the fastest INT8 variant and the one closest to fp32
-(dynamic quantization leaves activations in float and quantizes them again at every
-convolution, which is slow for a convnet). ``reduce_range`` (7-bit weights) guards against
-the int16 saturation of U8S8 products on CPUs without VNNI.
+Static QDQ quantization with per-channel weights is the default: measured with
+benchmarks/int8_variants.py (docs/performance.md) it is both faster and far closer to fp32 than
+dynamic quantization (which quantizes the activations again at every convolution at run time,
+slow for a convnet) and than per-tensor weights (depthwise convolutions need a scale per
+channel). ``reduce_range`` (7-bit weights) guards against the int16 saturation of uint8 x int8
+products on x86 CPUs without VNNI, as ONNX Runtime recommends.
 
 Needs the ``onnx`` package (``[train]`` extra) besides ONNX Runtime.
 """
@@ -232,8 +233,8 @@ def _float_nodes(model_path: Path, first_convs: int = 3) -> list[str]:
     """Nodes the static method leaves in float: the first ``first_convs`` convolutions (the
     stem and the first block, at full resolution, where 8-bit errors start and then grow
     through the network) and the classifier layer writing ``logits``. About 5% of
-    EfficientNet-Lite0's compute; on ImageNet-1k they lifted top-1 agreement with fp32 from
-    0.81 to 0.90 (docs/performance.md)."""
+    EfficientNet-Lite0's compute; on ImageNet-1k they lift top-1 agreement with fp32 from
+    0.80 to 0.87 (benchmarks/int8_variants.py, docs/performance.md)."""
     import onnx
 
     graph = onnx.load(os.fspath(model_path), load_external_data=False).graph
