@@ -277,10 +277,11 @@ def _describe(choice: ThresholdChoice | None, target: float, value: float, floor
         d.update(source="fallback", reason=reason_none)
     else:
         d["source"] = "validation"
-        if value > choice.threshold:
-            d["note"] = f"raised from {choice.threshold:.6f} to the floor {floor}"
-        elif value < choice.threshold:
-            d["note"] = f"lowered from {choice.threshold:.6f} to the flag threshold"
+        chosen = _round_down(choice.threshold)
+        if value > chosen:
+            d["note"] = f"raised from {chosen:.6f} to the floor {floor}"
+        elif value < chosen:
+            d["note"] = f"lowered from {chosen:.6f} to the flag threshold"
     d.update(_at(scores, positive, value))
     return d
 

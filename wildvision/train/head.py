@@ -75,8 +75,8 @@ def _fit_one(z: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float,
 
 def fit_linear_head(x_train: np.ndarray, y_train: np.ndarray, n_classes: int,
                     x_val: np.ndarray | None, y_val: np.ndarray | None, *,
-                    l2_grid: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1),
-                    max_iter: int = 300, balance: str = "loss") -> HeadFit:
+                    l2_grid: Sequence[float] = (1e-3, 1e-2, 1e-1),
+                    max_iter: int = 100, balance: str = "loss") -> HeadFit:
     """Fit ``softmax(emb @ W.T + b)`` with L2 on standardised embeddings.
 
     With validation data, every L2 in ``l2_grid`` is fitted (strongest first, each warm-starting

@@ -147,8 +147,8 @@ class HeadOnlyConfig:
         balance: ``loss`` (class-weighted loss) or ``none``.
     """
 
-    l2: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
-    max_iter: int = 300
+    l2: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
+    max_iter: int = 100
     views: int = 1
     balance: str = "loss"
 
