@@ -200,6 +200,49 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t0, value
 
 
+def cpu_breakdown(clf: Any, files: Sequence[str], batch_size: int) -> dict[str, float]:
+    """CPU time per image of each step (one thread; thread CPU time), and of the whole
+    pipeline (process CPU time over a classify_images pass): where end-to-end time goes."""
+    from wildvision.imaging import decode_image
+    from wildvision.predict import _RUN_PIXELS
+    from wildvision.preprocess import resize_crop
+
+    cfg = clf.card.preprocess
+    n = len(files)
+    t0 = time.thread_time()
+    images = [decode_image(f, draft_size=cfg.draft_size).image for f in files]
+    decode = (time.thread_time() - t0) / n
+    t0 = time.thread_time()
+    crops = [np.asarray(resize_crop(im, cfg)) for im in images]
+    resize = (time.thread_time() - t0) / n
+    del images
+    out = np.empty((3, cfg.input_size, cfg.input_size), np.float32)
+    t0 = time.thread_time()
+    for i, f in enumerate(files):
+        clf._prepare(i, f, out)
+    prepare = (time.thread_time() - t0) / n
+    del crops
+    batch = np.stack([clf._prepare(i, f).tensor for i, f in enumerate(files[:batch_size])])
+    run = max(1, min(batch_size, _RUN_PIXELS // (cfg.input_size ** 2)))
+    t0 = time.thread_time()
+    for i in range(0, n, run):
+        clf.backend.run(batch[i % batch_size: i % batch_size + run])
+    model = (time.thread_time() - t0) / n
+    import wildvision
+
+    t0, w0 = time.process_time(), time.perf_counter()
+    wildvision.classify_images(files, os.fspath(clf.package.path), batch_size=batch_size)
+    total, wall = time.process_time() - t0, time.perf_counter() - w0
+    return {
+        "decode_draft": 1000 * decode,
+        "resize_crop": 1000 * resize,
+        "prepare_total": 1000 * prepare,
+        "model_fp32_single_thread": 1000 * model,
+        "end_to_end_process_cpu": 1000 * total / n,
+        "end_to_end_cores_busy": total / wall,
+    }
+
+
 # -- subprocess measurements (core only) ------------------------------------------------------
 _COLD = textwrap.dedent("""
     import json, sys, time
@@ -504,6 +547,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             np.array(tops["wildvision_int8"]) == np.array(tops["wildvision_fp32"])))
     result["top1_agreement_on_timed_photos"] = agree
     result["load_avg_after_throughput"] = os.getloadavg()
+    result["cpu_ms_per_image"] = cpu_breakdown(clf32, files, bs)
+
 
     if args.cold_runs:
         result["cold_start"] = cold_start(files[0], os.fspath(pkg.path), "fp32", args.cold_runs)
@@ -519,6 +564,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {k:<32} {v:6.2f}x")
     for k, v in agree.items():
         print(f"  agreement {k}: {v:.3f}")
+    cpu = result["cpu_ms_per_image"]
+    print("CPU ms per image: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
     if "cold_start" in result:
         cs = result["cold_start"]
         print(f"cold start (new process -> first prediction, core modules only): median "
