@@ -104,7 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     y_fine = [labels.index(r.fine_label) for r in rows]
     y_group = [groups.index(card.label_groups[r.fine_label]) for r in rows]
 
+    sys.path.insert(0, os.fspath(Path(__file__).resolve().parent))
+    from throughput import machine
+
     result: dict[str, Any] = {
+        "machine": machine(), "load_avg_before": os.getloadavg(),
         "model": card.name, "model_version": card.version, "manifest": os.fspath(args.data),
         "split": args.split, "images": len(rows), "skipped_rows": skipped,
         "upscaled_long_side": args.upscale or None,
