@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
+from ..modelpack import sha256_file
 from . import metrics as M
 from .evaluate import (
     HEADLINE_KEYS,
@@ -46,14 +46,6 @@ HEADLINE_TITLES = {
     "flaggable_roc_auc": "ROC-AUC, P(flaggable)",
     "ece_top_label": "expected calibration error, top label (15 bins)",
 }
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def slug(key: str) -> str:
@@ -123,7 +115,7 @@ def build_metrics(pset: PredictionSet, *, n_resamples: int = 1000, seed: int = 0
         }
     pred_file = None
     if pset.path is not None:
-        pred_file = {"file": pset.path.name, "sha256": _sha256(pset.path),
+        pred_file = {"file": pset.path.name, "sha256": sha256_file(pset.path),
                      "skipped_lines": pset.skipped_lines}
     return jsonable({  # type: ignore[no-any-return]
         "schema_version": SCHEMA_VERSION,

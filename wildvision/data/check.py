@@ -9,12 +9,11 @@ across splits, sha256 mismatches (with ``verify_hashes``). Warnings: unreadable 
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..errors import ConfigError
+from ..modelpack import sha256_file
 from .manifest import SPLITS, Manifest, ManifestRow
 from .split import DEFAULT_PHASH_THRESHOLD, class_counts, duplicate_pairs
 
@@ -63,14 +62,6 @@ def _finding(check: str, bad: list[str], severity: str, detail: str = "") -> Fin
     return Finding(check, severity, len(bad), detail, tuple(bad[:5]))
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_manifest(manifest: Manifest, *, phash_threshold: int = DEFAULT_PHASH_THRESHOLD,
                    check_files: bool = True, verify_hashes: bool = False) -> CheckReport:
     """Run every check on ``manifest`` (see the module docstring).
@@ -103,7 +94,7 @@ def check_manifest(manifest: Manifest, *, phash_threshold: int = DEFAULT_PHASH_T
                 p = manifest.abs_path(r)
                 if not p.is_file():
                     missing.append(r.path)
-                elif verify_hashes and r.sha256 and _sha256_file(p) != r.sha256:
+                elif verify_hashes and r.sha256 and sha256_file(p) != r.sha256:
                     mismatched.append(r.path)
         findings.append(_finding("missing files", missing, "error", f"data root {manifest.root}"))
         if verify_hashes:

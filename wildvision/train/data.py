@@ -27,6 +27,7 @@ import numpy as np
 from ..data.manifest import Manifest, ManifestRow, read_manifest
 from ..errors import DataError, WildvisionError
 from ..imaging import decode_image
+from ..modelpack import sha256_file
 from ..preprocess import PreprocessConfig, normalize, resize_crop
 from ..taxonomy import FINE_LABELS, GROUP_NAMES, FineLabel, fine_label, register_label
 from .recipe import AugmentConfig, Recipe
@@ -301,13 +302,8 @@ def prepare_data(manifest: str | os.PathLike[str] | Manifest, recipe: Recipe, *,
     )
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes (the cache key of an image)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+# sha256 of a file's bytes (the cache key of an image): the core helper.
+file_sha256 = sha256_file
 
 
 def _decode(path: Path, cfg: PreprocessConfig) -> Any:
