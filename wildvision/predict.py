@@ -15,6 +15,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from .calibration import softmax
 from .errors import ConfigError, WildvisionError
 from .imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, decode_image, source_name
 from .modelpack import ModelPackage, Thresholds
@@ -167,13 +168,6 @@ class Failure:
 Result = Union[Prediction, Failure]
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of ``logits / temperature`` in float64."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z -= z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    out: np.ndarray = e / e.sum(axis=-1, keepdims=True)
-    return out
 
 
 ThresholdSpec = Mapping[str, Union[Thresholds, Mapping[str, float], float]]
