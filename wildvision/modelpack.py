@@ -32,7 +32,6 @@ __all__ = [
 
 CARD_FORMAT = 1
 WEIGHT_SUFFIXES = (".onnx", ".safetensors")
-_FORBIDDEN_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib")
 
 
 @dataclass(frozen=True)
@@ -253,8 +252,6 @@ def load_package(path: str | Path, *, verify: bool = True) -> ModelPackage:
     if "model.onnx" not in card.files:
         raise ModelIntegrityError(f"{card_path}: the card lists no model.onnx")
     for name, expected in card.files.items():
-        if name.endswith(_FORBIDDEN_SUFFIXES):  # pragma: no cover - rejected by the card check
-            raise ModelIntegrityError(f"{root}: refusing to load pickle-based file {name}")
         fpath = root / name
         if not fpath.is_file():
             raise ModelIntegrityError(f"{root}: file {name} listed in card.json is missing")
