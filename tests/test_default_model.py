@@ -49,7 +49,8 @@ def test_card_is_honest_about_what_it_cannot_do(card: wildvision.ModelCard) -> N
 
 def _test_rows(fine_label: str, n: int) -> list[dict[str, str]]:
     with open(MANIFEST, encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == "test" and r["fine_label"] == fine_label]
+        rows = [r for r in csv.DictReader(f)
+                if r["split"] == "test" and r["fine_label"] == fine_label]
     return rows[:n]
 
 
@@ -72,7 +73,8 @@ def test_sensible_flags_on_real_test_photos(shared_data: Path) -> None:
         passed = sum(p.decision == "pass" for p in preds)
         assert passed / len(preds) >= 0.9, benign
     tigers = decisions("live_tiger")
-    assert sum(p.group("live_protected_animal").decision == "flag" for p in tigers) >= 0.9 * len(tigers)
+    flagged = sum(p.group("live_protected_animal").decision == "flag" for p in tigers)
+    assert flagged >= 0.9 * len(tigers)
 
 
 @pytest.mark.slow
@@ -92,5 +94,5 @@ def test_card_numbers_are_reproduced_by_the_bench_command(
             assert value is None, key
             continue
         assert math.isclose(value, entry["value"], abs_tol=1e-6), key
-        for a, b in zip(fresh["headline"][key]["ci95"], entry["ci95"]):
+        for a, b in zip(fresh["headline"][key]["ci95"], entry["ci95"], strict=True):
             assert math.isclose(a, b, abs_tol=1e-6), key

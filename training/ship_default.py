@@ -2,9 +2,11 @@
 
     # 1. copy the run's ONNX + card into the package folder (no safetensors: keeps the wheel
     #    small; retrain from the recipe instead)
-    python training/ship_default.py copy runs/wildvision-base-v1/package wildvision/models/wildvision-base
+    python training/ship_default.py copy runs/wildvision-base-v1/package \
+        wildvision/models/wildvision-base --extra training/wildvision-base-v1.card-extra.json
     # 2. INT8 beside fp32 (calibrated on validation images)
-    wildvision export int8 wildvision/models/wildvision-base --calib datasets/wildvision-ref/manifest.csv --split val --limit 256
+    wildvision export int8 wildvision/models/wildvision-base \
+        --calib datasets/wildvision-ref/manifest.csv --split val --limit 256
     # 3. bench runs (see training/README.md), then put their numbers in the card:
     python training/ship_default.py metrics wildvision/models/wildvision-base \
         reference_test=runs/bench/base-v1 ...
