@@ -178,6 +178,28 @@ def test_interrupted_run_resumes(small_manifest: Path, tmp_path: Path) -> None:
     assert ref.card.training["best_epoch"] == card.training["best_epoch"]
 
 
+def test_early_stopping_monitors_val_loss(small_manifest: Path, tmp_path: Path) -> None:
+    """With ``monitor: val_loss`` the exported weights are those of the epoch with the lowest
+    validation loss, and every epoch logs all three validation metrics."""
+    recipe = tmp_path / "r.yaml"
+    text = QUICK.read_text(encoding="utf-8").replace(
+        "early_stopping:\n  patience: 2", "early_stopping:\n  patience: 3\n  monitor: val_loss")
+    assert "monitor: val_loss" in text
+    recipe.write_text(text, encoding="utf-8")
+    pkg = train(small_manifest, recipe, tmp_path / "run", data_root=SHARED, epochs=3,
+                cache_dir=tmp_path / "cache")
+    log = _jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [e["epoch"] for e in log] == [1, 2, 3]
+    for e in log:
+        assert e["monitor"] == "val_loss"
+        assert 0.0 <= e["val_group_macro_f1"] <= 1.0 and 0.0 <= e["val_macro_f1"] <= 1.0
+        # three groups here (ivory, live, benign), one fine label each: the two F1s agree
+        assert e["val_group_macro_f1"] == pytest.approx(e["val_macro_f1"], abs=1e-9)
+    best = min(log, key=lambda e: e["val_loss"])["epoch"]
+    assert pkg.card.training["best_epoch"] == best
+    assert log[-1]["best_epoch"] == best
+
+
 def _chance_bound(n: int, p: float, alpha: float = 1e-3) -> int:
     """The smallest k with P(Binomial(n, p) >= k) <= alpha: more correct answers than a
     random guesser reaches with probability alpha."""

@@ -108,6 +108,10 @@ def test_value_checks() -> None:
     assert "epochs" in msg and "review_precision <= flag_precision" in msg and "balance" in msg
     with pytest.raises(ConfigError, match="missing required key 'name'"):
         parse_recipe({"epochs": 2})
+    with pytest.raises(ConfigError, match=r"early_stopping.monitor: one of .*val_loss.*'acc'"):
+        parse_recipe({"name": "x", "early_stopping": {"monitor": "acc"}})
+    assert parse_recipe({"name": "x", "early_stopping": {"monitor": "val_loss"}}
+                        ).early_stopping.monitor == "val_loss"
 
 
 def test_bad_manifest_lists_every_problem_before_training(tmp_path: Path,

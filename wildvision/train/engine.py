@@ -404,10 +404,14 @@ class _FineTuner:
         return float(np.mean(losses)) if losses else float("nan"), step
 
     @torch.no_grad()
-    def _validate(self) -> tuple[float, float]:
+    def _validate(self) -> dict[str, float]:
+        """Validation metrics of the current weights: ``val_macro_f1`` (fine labels),
+        ``val_group_macro_f1`` (fine argmax mapped to its group) and ``val_loss``; NaN
+        without validation images."""
         r = self.recipe
         if not len(self.val_ds):
-            return float("nan"), float("nan")
+            nan = float("nan")
+            return {"val_loss": nan, "val_macro_f1": nan, "val_group_macro_f1": nan}
         if self.use_cache and self.val_trunk is not None:
             self.model.eval()
             top = TopModel(self.model, self.k).eval()
@@ -418,10 +422,15 @@ class _FineTuner:
             z, _ = _run_model(self.model, self.val_ds, r.eval_batch_size, 0, "validate",
                               self.show)
         y = self.y_val
-        f1 = macro_f1(y, z.argmax(axis=1), len(self.data.labels))
+        pred = z.argmax(axis=1)
+        labels = self.data.labels
+        groups = sorted(set(self.data.label_groups[lab] for lab in labels))
+        to_group = np.array([groups.index(self.data.label_groups[lab]) for lab in labels])
         loss = float(nn.functional.cross_entropy(torch.from_numpy(z).double(),
                                                  torch.from_numpy(y)))
-        return f1, loss
+        return {"val_loss": loss,
+                "val_macro_f1": macro_f1(y, pred, len(labels)),
+                "val_group_macro_f1": macro_f1(to_group[y], to_group[pred], len(groups))}
 
     def _save(self, state: dict[str, Any]) -> None:
         save_state_file(self.model, self.ckpt / "last.safetensors.tmp")
@@ -454,12 +463,15 @@ class _FineTuner:
             t0 = time.perf_counter()
             train_loss, step = self._train_epoch(epoch, stage, step)
             t_train = time.perf_counter() - t0
-            f1, val_loss = self._validate()
-            # without validation images (NaN) the last epoch is kept
-            improved = (state["best_epoch"] is None or math.isnan(f1)
-                        or f1 > state["best_metric"] + r.early_stopping.min_delta)
+            val = self._validate()
+            # the monitored metric, as "higher is better"; without validation images (NaN)
+            # the last epoch is kept
+            es = r.early_stopping
+            score = -val["val_loss"] if es.monitor == "val_loss" else val[es.monitor]
+            improved = (state["best_epoch"] is None or math.isnan(score)
+                        or score > state["best_metric"] + es.min_delta)
             if improved:
-                state["best_metric"] = f1 if not math.isnan(f1) else -1.0
+                state["best_metric"] = score if not math.isnan(score) else -1e30
                 state["best_epoch"] = epoch
                 state["bad_epochs"] = 0
                 save_state_file(self.model, self.ckpt / "best.safetensors")
@@ -472,7 +484,7 @@ class _FineTuner:
             record = {
                 "epoch": epoch, "stage": stage, "trainable_params":
                 sum(p.numel() for p in trainable), "train_loss": round(train_loss, 6),
-                "val_loss": round(val_loss, 6), "val_macro_f1": round(f1, 6),
+                **{k: round(v, 6) for k, v in val.items()}, "monitor": es.monitor,
                 "lr_head": self.opt.param_groups[0]["lr"], "train_seconds": round(t_train, 2),
                 "epoch_seconds": round(time.perf_counter() - t0, 2),
                 "trunk_cache": bool(self.use_cache), "best_epoch": state["best_epoch"],
@@ -480,8 +492,9 @@ class _FineTuner:
             }
             self._save(state)
             _append_jsonl(metrics_path, record)
-            log.info("epoch %d/%d [%s] loss %.4f val macro-F1 %.4f (%.1f s)%s", epoch,
-                     r.epochs, stage, train_loss, f1, record["epoch_seconds"],
+            log.info("epoch %d/%d [%s] loss %.4f val loss %.4f macro-F1 %.4f (groups %.4f) "
+                     "(%.1f s)%s", epoch, r.epochs, stage, train_loss, val["val_loss"],
+                     val["val_macro_f1"], val["val_group_macro_f1"], record["epoch_seconds"],
                      " *" if improved else "")
             if self.on_epoch_end is not None:
                 self.on_epoch_end(epoch, record)

@@ -105,11 +105,20 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class EarlyStopping:
-    """Stop when validation macro-F1 has not improved by ``min_delta`` for ``patience`` epochs.
-    The best epoch's weights are exported."""
+    """Stop when the monitored validation metric has not improved by ``min_delta`` for
+    ``patience`` epochs. The best epoch's weights are exported.
+
+    ``monitor`` is one of :data:`MONITORS`: ``val_macro_f1`` (fine labels, argmax),
+    ``val_group_macro_f1`` (the fine argmax mapped to its group; what the model is used for)
+    or ``val_loss`` (cross-entropy without label smoothing; lower is better, and far less noisy
+    than an F1 over classes with a handful of validation images)."""
 
     patience: int = 3
     min_delta: float = 0.0
+    monitor: str = "val_macro_f1"
+
+
+MONITORS = ("val_macro_f1", "val_group_macro_f1", "val_loss")
 
 
 @dataclass(frozen=True)
@@ -395,6 +404,9 @@ def _check_values(r: Recipe, problems: list[str]) -> None:
          "augmentation: color_jitter, hue and rotate must be >= 0")
     e = r.early_stopping
     need(e.patience >= 1, f"early_stopping.patience: must be >= 1, got {e.patience}")
+    need(e.monitor in MONITORS,
+         f"early_stopping.monitor: one of {', '.join(MONITORS)}, got {e.monitor!r}")
+    need(e.min_delta >= 0, f"early_stopping.min_delta: must be >= 0, got {e.min_delta}")
     c = r.calibration
     need(0 < c.review_precision <= c.flag_precision <= 1,
          "calibration: need 0 < review_precision <= flag_precision <= 1, got "
