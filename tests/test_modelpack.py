@@ -197,3 +197,47 @@ def test_write_card_hashes_and_renders(tiny_model_dir: Path, tmp_path: Path) -> 
                  "Temperature (calibration): 1.5000", "| ivory_carving | ivory | I/II |"):
         assert text in readme, text
     assert isinstance(loaded, ModelPackage)
+
+
+def _bench_block(macro: float, ivory_r95: float | None) -> dict[str, object]:
+    """A metrics block in the shape ``wildvision.bench.card_metrics`` writes into cards."""
+    groups: dict[str, object] = {"live_protected_animal": {
+        "support": 10, "average_precision": {"value": 0.99, "ci95": [0.98, 1.0]},
+        "flag_precision": {"value": 1.0, "ci95": [1.0, 1.0]},
+        "flag_recall": {"value": 0.9, "ci95": [0.8, 1.0]}, "flag_threshold": 0.5,
+        "recall_at_precision_0.95": 0.9}}
+    if ivory_r95 is not None:
+        groups["ivory"] = {"support": 5, "flag_precision": {"value": 0.8, "ci95": [0.5, 1.0]},
+                           "flag_recall": {"value": 0.6, "ci95": [0.2, 1.0]},
+                           "recall_at_precision_0.95": ivory_r95}
+    return {"source": "wildvision bench", "command": "wildvision bench -m X --split test",
+            "data": {"manifest": "m.csv", "manifest_sha256": "ab" * 32, "split": "test",
+                     "suite": None, "images": 15, "evaluated": 15, "failed": 0},
+            "model": {"name": "m", "version": "1", "card_sha256": "cd" * 32},
+            "git_commit": "0" * 40, "generated": "2026-11-29T00:00:00+00:00",
+            "headline": {"macro_f1_group": {"value": macro, "ci95": [macro - 0.1, macro + 0.01]}},
+            "groups": groups}
+
+
+def test_card_renders_bench_tables_and_baseline_comparison() -> None:
+    card = ModelCard(
+        name="m", version="1", labels=("ivory_carving", "domestic_cat"),
+        label_groups={"ivory_carving": "ivory", "domestic_cat": "benign"},
+        preprocess=PreprocessConfig(input_size=64),
+        metrics={"reference_test": _bench_block(0.9, 0.7),
+                 "baseline_zero_shot": _bench_block(0.6, None)},
+        extra={"metric_blocks": {"baseline_zero_shot": "(a) no training"},
+               "model_choice": "Chosen because it is small."},
+    )
+    md = render_card(card)
+    # the comparison: one column per block, reference last, intervals kept
+    assert "- `baseline_zero_shot`: (a) no training" in md
+    assert ("| macro_f1_group | 0.6000 [0.5000, 0.6100] | 0.9000 [0.8000, 0.9100] |"
+            in md)
+    # a group the baseline has no label in shows as a dash, not as 0
+    assert "| ivory: recall_at_precision_0.95 | — | 0.7000 |" in md
+    # the per-block section is a table with provenance, not a JSON dump
+    assert "| macro_f1_group | 0.9000 | [0.8000, 0.9100] |" in md
+    assert "15 of 15 images evaluated, 0 failed" in md
+    assert "## Model choice\n\nChosen because it is small." in md
+    assert '{"value"' not in md

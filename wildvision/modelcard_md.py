@@ -30,23 +30,142 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(out)
 
 
+def _ci(v: Any) -> tuple[str, str]:
+    """``(value, "[lo, hi]")`` of a bench ``{"value", "ci95"}`` entry or a plain number."""
+    if isinstance(v, Mapping) and "value" in v:
+        ci = v.get("ci95")
+        if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
+            return _fmt(v["value"]), f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+        return _fmt(v["value"]), ""
+    return _fmt(v), ""
+
+
+def _bench_md(block: Mapping[str, Any]) -> str:
+    """One ``wildvision bench`` metrics block (schema v1) as readable tables."""
+    data = block.get("data") or {}
+    model = block.get("model") or {}
+    prov = [f"- command: `{block.get('command', '')}`"]
+    if data:
+        what = (f"suite `{data['suite']}`" if data.get("suite")
+                else f"split `{data.get('split')}`")
+        prov.append(f"- data: `{data.get('manifest')}` ({what}; manifest sha256 "
+                    f"`{data.get('manifest_sha256')}`): {data.get('evaluated')} of "
+                    f"{data.get('images')} images evaluated, {data.get('failed')} failed")
+    if model:
+        prov.append(f"- model: {model.get('name')} {model.get('version')} (card sha256 "
+                    f"`{model.get('card_sha256')}`)")
+    prov.append(f"- commit: `{block.get('git_commit')}`, generated {block.get('generated')}")
+    boot = block.get("bootstrap") or {}
+    if boot:
+        prov.append(f"- intervals: {boot.get('confidence')} {boot.get('method')}, "
+                    f"{boot.get('resamples')} resamples, seed {boot.get('seed')}")
+    out = ["\n".join(prov)]
+    head = block.get("headline") or {}
+    if head:
+        out.append(_table([[k, *_ci(v)] for k, v in head.items()],
+                          ["metric", "value", "95% interval"]))
+    groups = block.get("groups") or {}
+    if groups:
+        rows = []
+        for g, m in groups.items():
+            if not isinstance(m, Mapping):
+                continue
+            rows.append([g, _fmt(m.get("support", "")), *(
+                " ".join(x for x in _ci(m[k]) if x) if k in m else ""
+                for k in ("average_precision", "flag_precision", "flag_recall")),
+                _fmt(m.get("flag_threshold", "")),
+                *(_fmt(m.get(f"recall_at_precision_{p}", "")) for p in ("0.90", "0.95", "0.99"))])
+        out.append("Per group (flag = the card's flag threshold):\n\n" + _table(
+            rows, ["group", "support", "average precision", "flag precision", "flag recall",
+                   "flag threshold", "recall @ P0.90", "recall @ P0.95", "recall @ P0.99"]))
+    binary = block.get("binary")
+    if isinstance(binary, Mapping):
+        rows = []
+        for rule in ("at_threshold", "argmax"):
+            m = binary.get(rule) or {}
+            rows.append([rule, *(" ".join(x for x in _ci(m[k]) if x) if k in m else ""
+                                 for k in ("precision", "recall", "f1", "false_positive_rate",
+                                           "balanced_accuracy"))])
+        out.append(
+            f"Binary: {', '.join(binary.get('positive_groups') or [])} "
+            f"({binary.get('positives')} positives) against everything else "
+            f"({binary.get('negatives')} negatives); average precision "
+            f"{' '.join(_ci(binary.get('average_precision')))}:\n\n"
+            + _table(rows, ["rule", "precision", "recall", "F1", "false-positive rate",
+                            "balanced accuracy"]))
+    for key, title in (("false_flag_rate_by_benign_label", "False-flag rate by benign label"),
+                       ("false_flag_rate_by_source", "False-flag rate by source (benign images)")):
+        rates = block.get(key) or {}
+        if rates:
+            out.append(f"{title}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in rates.items()))
+    return "\n\n".join(out)
+
+
+def _train_md(block: Mapping[str, Any]) -> str:
+    """A ``wildvision train`` evaluation block (validation/test logits of the run)."""
+    prov = [f"- {k}: `{block[k]}`" for k in ("command", "data", "manifest_sha256", "commit",
+                                             "split") if k in block]
+    rows = [[k, _fmt(v)] for k, v in block.items()
+            if k not in ("command", "data", "manifest_sha256", "commit", "split")
+            and isinstance(v, (int, float, str))]
+    out = ["\n".join(prov), _table(rows, ["metric", "value"])]
+    groups = block.get("per_group") or {}
+    if groups:
+        cols = ["support", "precision", "recall", "f1", "flag_threshold", "review_precision",
+                "review_recall", "review_threshold"]
+        out.append("Per group (precision/recall/F1 of `flag`; review_* of `review` or "
+                   "above):\n\n" + _table(
+                       [[g, *(_fmt(m.get(c, "")) for c in cols)] for g, m in groups.items()],
+                       ["group", *cols]))
+    labels = block.get("per_label") or {}
+    if labels:
+        cols = ["support", "precision", "recall", "f1"]
+        out.append("Per fine label (argmax):\n\n" + _table(
+            [[lab, *(_fmt(m.get(c, "")) for c in cols)] for lab, m in labels.items()],
+            ["label", *cols]))
+    return "\n\n".join(x for x in out if x)
+
+
+_COMPARE_HEADLINE = ("macro_f1_group", "macro_f1_fine", "flag_precision", "flag_recall",
+                     "false_flag_rate", "flaggable_average_precision", "ece_top_label")
+_COMPARE_GROUP = ("flag_precision", "flag_recall", "recall_at_precision_0.95")
+
+
+def _comparison_md(metrics: Mapping[str, Any], reference: str, prefix: str,
+                   names: Mapping[str, str]) -> str:
+    """The ``reference`` bench block beside every ``prefix*`` block (same data, same bench):
+    one column per model, values with their 95% intervals."""
+    keys = [k for k, b in metrics.items() if k.startswith(prefix) and isinstance(b, Mapping)
+            and b.get("source") == "wildvision bench"]
+    ref = metrics.get(reference)
+    if not keys or not isinstance(ref, Mapping):
+        return ""
+    cols = [*keys, reference]
+    blocks = [metrics[k] for k in cols]
+
+    def cell(v: Any) -> str:
+        return " ".join(x for x in _ci(v) if x) if v is not None else "—"
+
+    rows = [[m, *(cell((b.get("headline") or {}).get(m)) for b in blocks)]
+            for m in _COMPARE_HEADLINE]
+    groups = [g for g in (ref.get("groups") or {})]
+    for g in groups:
+        for m in _COMPARE_GROUP:
+            rows.append([f"{g}: {m}", *(cell(((b.get("groups") or {}).get(g) or {}).get(m))
+                                        for b in blocks)])
+    rows = [r for r in rows if any(c != "—" for c in r[1:])]
+    legend = "\n".join(f"- `{k}`: {names.get(k, k)}" for k in cols)
+    return legend + "\n\n" + _table(rows, ["metric", *(f"`{k}`" for k in cols)]) + (
+        "\n\n— : the model has no label in that group (it can never flag it).")
+
+
 def _metrics_md(metrics: Mapping[str, Any]) -> str:
     parts = []
     for key, block in metrics.items():
-        if isinstance(block, Mapping):
-            rows = []
-            provenance = []
-            for k, v in block.items():
-                if k in ("command", "data", "manifest_sha256", "commit", "split"):
-                    provenance.append(f"- {k}: `{v}`")
-                elif isinstance(v, (int, float, str)) or (
-                    isinstance(v, (list, tuple)) and len(v) <= 3
-                ):
-                    rows.append([k, _fmt(v)])
-                else:
-                    rows.append([k, "`" + json.dumps(v)[:200] + "`"])
-            parts.append(f"### {key}\n\n" + "\n".join(provenance) + "\n\n"
-                         + (_table(rows, ["metric", "value"]) if rows else ""))
+        if isinstance(block, Mapping) and block.get("source") == "wildvision bench":
+            parts.append(f"### {key}\n\n" + _bench_md(block))
+        elif isinstance(block, Mapping):
+            parts.append(f"### {key}\n\n" + _train_md(block))
         else:
             parts.append(f"- {key}: {_fmt(block)}")
     return "\n\n".join(parts)
@@ -81,6 +200,14 @@ def render_card(card: ModelCard) -> str:
         + f"\n\nTemperature (calibration): {card.temperature:.4f}",
     )
     md += _section("Preprocessing", "```json\n" + json.dumps(card.preprocess.to_dict()) + "\n```")
+    blocks = ex.get("metric_blocks")
+    names: dict[str, str] = ({str(k): str(v) for k, v in blocks.items()}
+                             if isinstance(blocks, Mapping) else {})
+    md += _section("Model choice", str(ex.get("model_choice", "")))
+    md += _section("Baselines on the same test split",
+                   _comparison_md(card.metrics, "reference_test", "baseline_", names))
+    md += _section("Out of distribution", str(ex.get("out_of_distribution", "")) + "\n\n"
+                   + _comparison_md(card.metrics, "reference_test", "loso_", names))
     md += _section("Metrics", _metrics_md(card.metrics))
     if card.training:
         tr = {k: v for k, v in card.training.items() if k != "train_counts"}
