@@ -242,6 +242,10 @@ def test_comparison_of_a_model_with_itself_and_card_metrics(tmp_path: Path) -> N
     assert set(cm["headline"]) == set(HEADLINE_KEYS)
     assert cm["headline"]["macro_f1_group"]["ci95"][0] is not None
     assert "ivory" in cm["groups"] and "recall_at_precision_0.95" in cm["groups"]["ivory"]
+    iv = cm["groups"]["ivory"]
+    p, r = iv["flag_precision"]["value"], iv["flag_recall"]["value"]
+    assert iv["flag_f1"]["value"] == pytest.approx(2 * p * r / (p + r))
+    assert 0.0 <= iv["argmax_f1"] <= 1.0
     with pytest.raises(DataError, match="no model"):
         card_metrics(metrics, "other")
     with pytest.raises(DataError, match="schema"):

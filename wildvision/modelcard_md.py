@@ -72,12 +72,13 @@ def _bench_md(block: Mapping[str, Any]) -> str:
                 continue
             rows.append([g, _fmt(m.get("support", "")), *(
                 " ".join(x for x in _ci(m[k]) if x) if k in m else ""
-                for k in ("average_precision", "flag_precision", "flag_recall")),
+                for k in ("average_precision", "flag_precision", "flag_recall", "flag_f1")),
+                _fmt(m.get("argmax_f1", "")),
                 _fmt(m.get("flag_threshold", "")),
                 *(_fmt(m.get(f"recall_at_precision_{p}", "")) for p in ("0.90", "0.95", "0.99"))])
         out.append("Per group (flag = the card's flag threshold):\n\n" + _table(
             rows, ["group", "support", "average precision", "flag precision", "flag recall",
-                   "flag threshold", "recall @ P0.90", "recall @ P0.95", "recall @ P0.99"]))
+                   "flag F1", "argmax F1", "flag threshold", "recall @ P0.90", "recall @ P0.95", "recall @ P0.99"]))
     binary = block.get("binary")
     if isinstance(binary, Mapping):
         rows = []
@@ -128,7 +129,8 @@ def _train_md(block: Mapping[str, Any]) -> str:
 
 _COMPARE_HEADLINE = ("macro_f1_group", "macro_f1_fine", "flag_precision", "flag_recall",
                      "false_flag_rate", "flaggable_average_precision", "ece_top_label")
-_COMPARE_GROUP = ("flag_precision", "flag_recall", "recall_at_precision_0.95")
+_COMPARE_GROUP = ("flag_precision", "flag_recall", "flag_f1", "argmax_f1",
+                  "recall_at_precision_0.95")
 
 
 def _comparison_md(metrics: Mapping[str, Any], reference: str, prefix: str,

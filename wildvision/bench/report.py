@@ -529,6 +529,9 @@ def card_metrics(metrics_json: str | os.PathLike[str] | Mapping[str, Any],
             entry["flag_threshold"] = (gb.get("thresholds") or {}).get("flag")
             entry["flag_precision"] = at["precision"]
             entry["flag_recall"] = at["recall"]
+            entry["flag_f1"] = at["f1"]
+        if gb.get("argmax"):
+            entry["argmax_f1"] = gb["argmax"]["f1"]
         for t, v in (gb.get("recall_at_precision") or {}).items():
             entry[f"recall_at_precision_{t}"] = v["recall"]
         groups[g] = entry
