@@ -147,7 +147,8 @@ def test_pickles_and_paths_are_refused(pkg_copy: Path, name: str) -> None:
         card["files"][name] = "0" * 64
 
     _edit_card(pkg_copy, add)
-    with pytest.raises(ModelIntegrityError, match=r"not a plain \.onnx/\.safetensors") as info:
+    with pytest.raises(ModelIntegrityError,
+                       match=r"not a plain \.onnx/\.safetensors/\.npz") as info:
         load_package(pkg_copy, verify=False)
     assert name in str(info.value)
 

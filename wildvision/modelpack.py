@@ -14,11 +14,14 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, ModelIntegrityError
 from .preprocess import PreprocessConfig
 from .taxonomy import FLAGGABLE_GROUPS, GROUP_NAMES, ensure_labels
+
+if TYPE_CHECKING:
+    from .openset import Familiarity
 
 __all__ = [
     "CARD_FORMAT",
@@ -31,7 +34,7 @@ __all__ = [
 ]
 
 CARD_FORMAT = 1
-WEIGHT_SUFFIXES = (".onnx", ".safetensors")
+WEIGHT_SUFFIXES = (".onnx", ".safetensors", ".npz")  # .npz: plain arrays, no pickle
 
 
 @dataclass(frozen=True)
@@ -112,8 +115,8 @@ class ModelCard:
         for name in self.files:
             if Path(name).name != name or not name.endswith(WEIGHT_SUFFIXES):
                 raise ModelIntegrityError(
-                    f"card.json of {self.name}: file {name!r} is not a plain .onnx/.safetensors "
-                    "file name"
+                    f"card.json of {self.name}: file {name!r} is not a plain .onnx/.safetensors/"
+                    ".npz file name"
                 )
         ensure_labels((lab, self.label_groups[lab]) for lab in self.labels)
 
@@ -217,6 +220,23 @@ class ModelPackage:
         if precision == "int8":
             return self.file("model.int8.onnx")
         raise ConfigError(f"precision must be 'fp32' or 'int8', got {precision!r}")
+
+    def familiarity(self) -> Familiarity | None:
+        """The open-set gate (:mod:`wildvision.openset`) when the package has one and its
+        card threshold is not ``-1``; else ``None``."""
+        from .openset import FAMILIARITY_FILE, load_familiarity
+
+        rec = self.card.extra.get("familiarity")
+        if not isinstance(rec, dict) or FAMILIARITY_FILE not in self.card.files:
+            return None
+        try:
+            threshold = float(rec["threshold"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelIntegrityError(f"card.json of {self.card.name}: familiarity needs a "
+                                      f"numeric threshold ({e})") from e
+        if threshold <= -1.0:
+            return None
+        return load_familiarity(self.file(FAMILIARITY_FILE), threshold)
 
     @property
     def precisions(self) -> tuple[str, ...]:

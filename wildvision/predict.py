@@ -75,6 +75,11 @@ class Prediction:
         image_sha256: sha256 of the input bytes (of the RGB pixels for PIL/array inputs).
         width, height: the stored image's size in pixels.
         embedding: the pooled embedding, only when asked for (``return_embedding=True``).
+        familiarity: similarity of the photo to the nearest training photo
+            (:mod:`wildvision.openset`), ``None`` when the model has no reference set or the
+            gate is off.
+        unfamiliar: the photo is below the model's familiarity threshold: any ``flag`` it
+            would have had is ``review`` instead (its probabilities are unchanged).
     """
 
     source: str
@@ -88,6 +93,8 @@ class Prediction:
     width: int
     height: int
     embedding: tuple[float, ...] | None = field(default=None, repr=False)
+    familiarity: float | None = None
+    unfamiliar: bool = False
 
     ok = True
 
@@ -131,6 +138,9 @@ class Prediction:
             "width": self.width,
             "height": self.height,
         }
+        if self.familiarity is not None:
+            d["familiarity"] = round(self.familiarity, 6)
+            d["unfamiliar"] = self.unfamiliar
         if self.embedding is not None:
             d["embedding"] = list(self.embedding)
         return d
@@ -257,6 +267,8 @@ class Classifier:
         top_k: how many fine labels each prediction lists.
         max_pixels, max_bytes: image safety limits (see :func:`wildvision.load_image`).
         return_embedding: put the pooled embedding in each prediction.
+        open_set: apply the model's familiarity gate when it ships one (default ``True``):
+            a flag on a photo unlike every training photo becomes ``review``.
 
     Example:
         >>> clf = Classifier("wildvision-base")  # doctest: +SKIP
@@ -277,6 +289,7 @@ class Classifier:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_bytes: int = DEFAULT_MAX_BYTES,
         return_embedding: bool = False,
+        open_set: bool = True,
     ) -> None:
         self.package = resolve_model(model)
         self.card = self.package.card
@@ -292,6 +305,7 @@ class Classifier:
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
         self.return_embedding = return_embedding
+        self.familiarity = self.package.familiarity() if open_set else None
         self.decode_workers = decode_workers or max(1, min(4, (os.cpu_count() or 2)))
         labels = self.card.labels
         self._groups = self.card.groups
@@ -355,13 +369,18 @@ class Classifier:
         return outputs
 
     def _make_prediction(self, p: _Prepared, probs: np.ndarray, gprobs: np.ndarray,
-                         emb: np.ndarray | None) -> Prediction:
+                         emb: np.ndarray | None, familiarity: float | None = None
+                         ) -> Prediction:
         groups = []
         overall = "pass"
+        unfamiliar = (familiarity is not None and self.familiarity is not None
+                      and familiarity < self.familiarity.threshold)
         for gi, g in enumerate(self._groups):
             prob = float(gprobs[gi])
             th = self.thresholds[g]
             decision = th.decide(prob) if g in FLAGGABLE_GROUPS else "pass"
+            if unfamiliar and decision == "flag":
+                decision = "review"
             if DECISIONS.index(decision) < DECISIONS.index(overall):
                 overall = decision
             groups.append(GroupResult(g, prob, decision, th.flag, th.review))
@@ -383,6 +402,8 @@ class Classifier:
             width=p.size[0],
             height=p.size[1],
             embedding=tuple(float(v) for v in emb) if emb is not None else None,
+            familiarity=familiarity,
+            unfamiliar=unfamiliar,
         )
 
     def _infer(self, prepared: list[_Prepared], batch: np.ndarray | None = None
@@ -403,10 +424,13 @@ class Classifier:
                     results[p.index] = self._failure(p)
             else:
                 emb = out.get("embedding") if self.return_embedding else None
+                fam = (self.familiarity.score(out["embedding"])
+                       if self.familiarity is not None and "embedding" in out else None)
                 for row, p in enumerate(ok):
                     results[p.index] = self._make_prediction(
                         p, out["probabilities"][row], out["group_probabilities"][row],
                         emb[row] if emb is not None else None,
+                        float(fam[row]) if fam is not None else None,
                     )
         return [results[p.index] for p in prepared]
 

@@ -9,7 +9,7 @@ import json
 import shlex
 import sys
 
-__all__ = ["register", "run_int8", "run_triton"]
+__all__ = ["register", "run_familiarity", "run_int8", "run_triton"]
 
 
 def run_int8(args: argparse.Namespace) -> int:
@@ -36,6 +36,20 @@ def run_int8(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_familiarity(args: argparse.Namespace) -> int:
+    """``wildvision export familiarity PACKAGE_DIR --data MANIFEST``."""
+    from .familiarity import add_familiarity
+
+    command = "wildvision export familiarity " + " ".join(shlex.quote(str(a)) for a in (
+        args.package, "--data", args.data, "--train-split", args.train_split, "--val-split",
+        args.val_split, "--dims", args.dims, "--quantile", args.quantile))
+    record = add_familiarity(args.package, args.data, train_split=args.train_split,
+                             val_split=args.val_split, dims=args.dims, quantile=args.quantile,
+                             data_root=args.data_root, command=command)
+    print(json.dumps(record, indent=2))
+    return 0
+
+
 def run_triton(args: argparse.Namespace) -> int:
     """``wildvision export triton MODEL --out DIR``."""
     from .triton import export_triton
@@ -50,7 +64,7 @@ def run_triton(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``export int8`` and ``export triton`` to the ``wildvision`` parser."""
-    p = subparsers.add_parser("export", help="add an INT8 model to a package, export for Triton",
+    p = subparsers.add_parser("export", help="add INT8 or the open-set gate to a package; Triton",
                               description="Export a model package to other forms.")
     sub = p.add_subparsers(dest="export_command", metavar="FORMAT")
 
@@ -79,6 +93,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     q.add_argument("--holdout", type=float, default=0.2,
                    help="fraction of the images kept for the fp32 agreement check (default 0.2)")
     q.set_defaults(func=run_int8)
+
+    f = sub.add_parser(
+        "familiarity", help="add the open-set gate (familiarity.npz) to a package",
+        description="Embed the training images of a manifest with the package's own model, "
+        "store a compact reference set in the package and choose the familiarity threshold on "
+        "validation: a flag on a photo unlike every training photo becomes review. Core "
+        "install only. See docs/core.md, 'Unfamiliar photos'.",
+    )
+    f.add_argument("package", metavar="PACKAGE_DIR", help="model package folder (modified)")
+    f.add_argument("--data", required=True, metavar="MANIFEST",
+                   help="the manifest the model was trained on")
+    f.add_argument("--train-split", default="train", help="reference images (default: train)")
+    f.add_argument("--val-split", default="val", help="threshold images (default: val)")
+    f.add_argument("--dims", type=int, default=256,
+                   help="projection width of the stored references (default 256)")
+    f.add_argument("--quantile", type=float, default=0.01,
+                   help="share of correctly flagged validation images allowed below the "
+                   "threshold (default 0.01)")
+    f.add_argument("--data-root", default=None, help="data root of the manifest's paths")
+    f.set_defaults(func=run_familiarity)
 
     t = sub.add_parser(
         "triton", help="write a Triton Inference Server model repository",

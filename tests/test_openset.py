@@ -1,0 +1,132 @@
+"""The familiarity (open-set) gate: wildvision.openset, `wildvision export familiarity`, and
+its effect on predictions."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import encode, photo_like
+
+from wildvision.cli import main
+from wildvision.errors import ConfigError, ModelIntegrityError
+from wildvision.modelpack import load_package
+from wildvision.openset import FAMILIARITY_FILE, build_familiarity, load_familiarity
+from wildvision.predict import Classifier
+
+
+def _clusters(rng: np.random.Generator, n: int, dim: int = 64) -> np.ndarray:
+    """``n`` points around two directions (e1, e2) of a ``dim``-wide space."""
+    centres = np.eye(dim, dtype=np.float32)[:2] * 5
+    return centres[rng.integers(0, 2, n)] + rng.normal(size=(n, dim)).astype(np.float32)
+
+
+def test_gate_scores_training_like_points_above_and_others_below(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    train, pos = _clusters(rng, 400), _clusters(rng, 200)
+    gate, rec = build_familiarity(train, pos, dims=16, quantile=0.05)
+    assert rec["dims"] == 16 and rec["references"] == 400 and rec["validation_positives"] == 200
+    s = gate.score(pos)
+    # the threshold is the stated quantile of the positives' scores
+    assert np.mean(s < gate.threshold) == pytest.approx(0.05, abs=0.01)
+    assert gate.threshold == pytest.approx(rec["threshold"], abs=1e-6)
+    # a training point is its own nearest neighbour
+    assert gate.score(train[:20]).min() > 0.99
+    # points along a direction no training point has are unfamiliar
+    far = np.zeros((10, 64), np.float32)
+    far[:, 7] = 5
+    far += rng.normal(size=far.shape).astype(np.float32) * 0.1
+    assert not gate.is_familiar(far).any()
+    # the file round trip keeps the scores (references are float16)
+    gate.save(tmp_path / FAMILIARITY_FILE)
+    again = load_familiarity(tmp_path / FAMILIARITY_FILE, gate.threshold)
+    assert np.allclose(again.score(pos), s, atol=1e-6)
+
+
+def test_gate_bad_inputs(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    gate, _ = build_familiarity(_clusters(rng, 50), _clusters(rng, 5), dims=8)
+    with pytest.raises(ConfigError, match="32 wide, the reference set expects 64"):
+        gate.score(np.zeros((2, 32)))
+    with pytest.raises(ConfigError, match="no correctly flagged"):
+        build_familiarity(_clusters(rng, 50), np.zeros((0, 64)))
+    with pytest.raises(ConfigError, match="quantile"):
+        build_familiarity(_clusters(rng, 50), _clusters(rng, 5), quantile=1.5)
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ModelIntegrityError, match="not a familiarity file"):
+        load_familiarity(bad, 0.5)
+
+
+def _photos(root: Path, n: int, seed: int) -> list[Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        p = root / f"img{i:03d}.jpg"
+        p.write_bytes(encode(photo_like(80 + 3 * i, 64 + 2 * i, seed=seed + i), "JPEG"))
+        out.append(p)
+    return out
+
+
+def _edit_card(pkg: Path, **changes: object) -> None:
+    card = json.loads((pkg / "card.json").read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        if key == "familiarity_threshold":
+            card["familiarity"]["threshold"] = value
+        else:
+            card[key] = value
+    (pkg / "card.json").write_text(json.dumps(card), encoding="utf-8")
+
+
+def test_export_familiarity_and_the_gate_in_predictions(tiny_model_dir: Path,
+                                                        tmp_path: Path) -> None:
+    pkg = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, pkg)
+    # flag everything as ivory, so every validation image is a "correct flag"
+    card = json.loads((pkg / "card.json").read_text(encoding="utf-8"))
+    card["thresholds"]["ivory"] = {"flag": 0.0, "review": 0.0}
+    (pkg / "card.json").write_text(json.dumps(card), encoding="utf-8")
+    train, val = _photos(tmp_path / "train", 30, 0), _photos(tmp_path / "val", 10, 500)
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "fine_label", "group", "split"])
+        w.writerows([str(p), "everyday_object", "benign", "train"] for p in train)
+        w.writerows([str(p), "ivory_carving", "ivory", "val"] for p in val)
+
+    assert main(["export", "familiarity", str(pkg), "--data", str(manifest), "--dims", "16",
+                 "--quantile", "0.1"]) == 0
+    package = load_package(pkg)  # the new file is in the card and its hash verifies
+    assert FAMILIARITY_FILE in package.card.files
+    rec = package.card.extra["familiarity"]
+    assert rec["references"] == 30 and rec["validation_positives"] == 10
+    assert rec["command"].startswith("wildvision export familiarity")
+
+    gated = Classifier(pkg).classify_many([str(p) for p in val])
+    assert all(r.ok and r.familiarity is not None for r in gated)
+    below = [r for r in gated if r.familiarity < rec["threshold"]]  # type: ignore[operator]
+    assert len(below) <= 1  # the 10% quantile of 10 positives
+    for r in gated:
+        assert r.unfamiliar == (r.familiarity < rec["threshold"])  # type: ignore[operator]
+        assert r.decision == ("review" if r.unfamiliar else "flag")
+        assert r.to_dict()["familiarity"] == pytest.approx(r.familiarity, abs=1e-6)
+    # a training photo is familiar to itself
+    assert Classifier(pkg).classify(str(train[3])).familiarity > 0.99  # type: ignore[operator]
+
+    # a threshold above every score turns every flag into review, probabilities unchanged
+    _edit_card(pkg, familiarity_threshold=1.01)
+    plain = Classifier(pkg, open_set=False).classify_many([str(p) for p in val])
+    strict = Classifier(pkg).classify_many([str(p) for p in val])
+    for a, b in zip(plain, strict, strict=True):
+        assert a.decision == "flag" and a.familiarity is None and not a.unfamiliar
+        assert b.decision == "review" and b.unfamiliar
+        assert b.group("ivory").decision == "review"
+        assert b.group("ivory").probability == a.group("ivory").probability
+    # -1 switches the gate off
+    _edit_card(pkg, familiarity_threshold=-1)
+    off = Classifier(pkg).classify(str(val[0]))
+    assert off.familiarity is None and off.decision == "flag"

@@ -1,0 +1,91 @@
+"""``wildvision export familiarity``: add the open-set gate (:mod:`wildvision.openset`) to a
+model package, from the package's own ONNX model (core install: no torch)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from ..modelpack import load_package, write_card
+from ..openset import FAMILIARITY_FILE, build_familiarity
+
+__all__ = ["add_familiarity"]
+
+
+def _embed(clf: Any, paths: Sequence[str], what: str, show: bool
+           ) -> tuple[list[int], np.ndarray, list[Any]]:
+    """Indices of the images that worked, their embeddings, and their predictions."""
+    keep, embs, preds = [], [], []
+    failed = 0
+    for i, r in enumerate(clf.iter_classify(paths, batch_size=32)):
+        if r.ok:
+            keep.append(i)
+            embs.append(np.asarray(r.embedding, dtype=np.float32))
+            preds.append(r)
+        else:
+            failed += 1
+        if show and (i + 1) % 1000 == 0:
+            print(f"familiarity: {what} {i + 1}/{len(paths)}", file=sys.stderr)
+    if failed:
+        print(f"familiarity: {failed} {what} image(s) could not be read and were skipped",
+              file=sys.stderr)
+    if not embs:
+        raise DataError(f"familiarity: no readable {what} image")
+    return keep, np.stack(embs), preds
+
+
+def add_familiarity(package_dir: str | os.PathLike[str], manifest: str | os.PathLike[str], *,
+                    train_split: str = "train", val_split: str = "val", dims: int = 256,
+                    quantile: float = 0.01, data_root: str | os.PathLike[str] | None = None,
+                    command: str = "", show: bool = True) -> dict[str, Any]:
+    """Write ``familiarity.npz`` into a package and record the gate in its card.
+
+    The reference set is every readable ``train_split`` image of ``manifest`` (the images the
+    model was trained on); the threshold is the ``quantile`` of the familiarity of the
+    ``val_split`` images whose true group the model flags. Returns the card record.
+    """
+    from ..data.manifest import read_manifest
+    from ..predict import Classifier
+
+    package_dir = Path(package_dir)
+    pkg = load_package(package_dir)
+    m = read_manifest(manifest, data_root=data_root)
+    train = [r for r in m if r.split == train_split and r.readable]
+    val = [r for r in m if r.split == val_split and r.readable]
+    if not train or not val:
+        raise ConfigError(f"familiarity: {manifest} has {len(train)} {train_split!r} and "
+                          f"{len(val)} {val_split!r} rows; both are needed")
+    clf = Classifier(pkg, return_embedding=True, open_set=False)
+    _k, x_train, _p = _embed(clf, [os.fspath(m.abs_path(r)) for r in train], train_split, show)
+    keep, x_val, preds = _embed(clf, [os.fspath(m.abs_path(r)) for r in val], val_split, show)
+    groups = set(pkg.card.groups)
+    pos = [j for j, (i, p) in enumerate(zip(keep, preds, strict=True))
+           if val[i].group in groups and p.decision == "flag"
+           and val[i].group in p.flagged_groups]
+    gate, built = build_familiarity(x_train, x_val[pos], dims=dims, quantile=quantile)
+    record: dict[str, Any] = dict(built)
+    gate.save(package_dir / FAMILIARITY_FILE)
+    scores = gate.score(x_val)
+    benign = [j for j, i in enumerate(keep) if val[i].group == "benign"]
+    record.update({
+        "file": FAMILIARITY_FILE,
+        "rule": "a flag on a photo whose familiarity is below threshold becomes review",
+        "score": "cosine similarity to the nearest training image (1-NN) in a "
+                 f"{record['dims']}-d projection of the embedding",
+        "manifest": os.fspath(manifest), "manifest_sha256": m.sha256,
+        "train_split": train_split, "val_split": val_split,
+        "validation_benign_below_threshold": round(float(np.mean(
+            scores[benign] < gate.threshold)), 6) if benign else None,
+        "command": command,
+    })
+    extra = dict(pkg.card.extra)
+    extra["familiarity"] = record
+    write_card(package_dir, pkg.card.with_updates(extra=extra))
+    load_package(package_dir)  # verify what we wrote
+    return record
