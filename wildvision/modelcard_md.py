@@ -78,7 +78,8 @@ def _bench_md(block: Mapping[str, Any]) -> str:
                 *(_fmt(m.get(f"recall_at_precision_{p}", "")) for p in ("0.90", "0.95", "0.99"))])
         out.append("Per group (flag = the card's flag threshold):\n\n" + _table(
             rows, ["group", "support", "average precision", "flag precision", "flag recall",
-                   "flag F1", "argmax F1", "flag threshold", "recall @ P0.90", "recall @ P0.95", "recall @ P0.99"]))
+                   "flag F1", "argmax F1", "flag threshold", "recall @ P0.90",
+                   "recall @ P0.95", "recall @ P0.99"]))
     binary = block.get("binary")
     if isinstance(binary, Mapping):
         rows = []

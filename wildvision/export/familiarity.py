@@ -64,15 +64,16 @@ def add_familiarity(package_dir: str | os.PathLike[str], manifest: str | os.Path
     clf = Classifier(pkg, return_embedding=True, open_set=False)
     _k, x_train, _p = _embed(clf, [os.fspath(m.abs_path(r)) for r in train], train_split, show)
     keep, x_val, preds = _embed(clf, [os.fspath(m.abs_path(r)) for r in val], val_split, show)
-    groups = set(pkg.card.groups)
+    # the true group: of the row's fine label in this model, else the manifest's group column
+    truth = [pkg.card.label_groups.get(r.fine_label) or pkg.card.label_groups.get(r.label)
+             or r.group for r in val]
     pos = [j for j, (i, p) in enumerate(zip(keep, preds, strict=True))
-           if val[i].group in groups and p.decision == "flag"
-           and val[i].group in p.flagged_groups]
+           if truth[i] in p.flagged_groups]
     gate, built = build_familiarity(x_train, x_val[pos], dims=dims, quantile=quantile)
     record: dict[str, Any] = dict(built)
     gate.save(package_dir / FAMILIARITY_FILE)
     scores = gate.score(x_val)
-    benign = [j for j, i in enumerate(keep) if val[i].group == "benign"]
+    benign = [j for j, i in enumerate(keep) if truth[i] == "benign"]
     record.update({
         "file": FAMILIARITY_FILE,
         "rule": "a flag on a photo whose familiarity is below threshold becomes review",

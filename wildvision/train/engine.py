@@ -771,6 +771,28 @@ def _finish(model: WildvisionNet, data: TrainData, recipe: Recipe, cfg: Preproce
     return card
 
 
+def _add_open_set(pkg: Path, manifest: str | os.PathLike[str],
+                  data_root: str | os.PathLike[str] | None, recipe: Recipe, show: bool
+                  ) -> ModelCard | None:
+    """The familiarity gate from the package's own ONNX model (``recipe.open_set``)."""
+    from ..export.familiarity import add_familiarity
+
+    t0 = time.perf_counter()
+    o = recipe.open_set
+    try:
+        rec = add_familiarity(pkg, manifest, dims=o.dims, quantile=o.quantile,
+                              data_root=data_root, show=show,
+                              command=f"wildvision train (recipe open_set: quantile {o.quantile}"
+                                      f", dims {o.dims})")
+    except ConfigError as e:
+        log.warning("open-set gate not added: %s", e)
+        return None
+    log.info("open-set gate: threshold %.4f from %d correctly flagged validation images, "
+             "%d references (%.1f s)", rec["threshold"], rec["validation_positives"],
+             rec["references"], time.perf_counter() - t0)
+    return load_package(pkg).card
+
+
 # ---------------------------------------------------------------------------------------------
 # entry point
 
@@ -935,5 +957,7 @@ def train(
         log.warning("interrupted; continue with: %s --resume", info["command"])
         raise
     card = _finish(model, data, rec, cfg, out_dir, w, info, show, embeddings)
+    if rec.open_set.enabled:
+        card = _add_open_set(out_dir / "package", manifest, data_root, rec, show) or card
     return TrainResult(out_dir, out_dir / "package", card, int(info.get("epochs_run", 0)),
                        info.get("best_epoch"), round(time.perf_counter() - t_start, 2))

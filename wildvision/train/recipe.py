@@ -29,6 +29,7 @@ __all__ = [
     "FreezeConfig",
     "HeadOnlyConfig",
     "LabelsConfig",
+    "OpenSetConfig",
     "Recipe",
     "TrunkCacheConfig",
     "load_recipe",
@@ -163,6 +164,22 @@ class HeadOnlyConfig:
 
 
 @dataclass(frozen=True)
+class OpenSetConfig:
+    """The familiarity gate (:mod:`wildvision.openset`) added to the package after training:
+    a flag on a photo unlike every training photo becomes ``review``.
+
+    Attributes:
+        enabled: build it (needs a ``val`` split in the manifest; skipped with a note if not).
+        quantile: share of the correctly flagged validation images allowed below the threshold.
+        dims: width of the stored projection of the training embeddings.
+    """
+
+    enabled: bool = True
+    quantile: float = 0.01
+    dims: int = 256
+
+
+@dataclass(frozen=True)
 class LabelsConfig:
     """Which labels the model learns.
 
@@ -219,6 +236,7 @@ class Recipe:
     early_stopping: EarlyStopping = field(default_factory=EarlyStopping)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     head_only: HeadOnlyConfig = field(default_factory=HeadOnlyConfig)
+    open_set: OpenSetConfig = field(default_factory=OpenSetConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     auto_val_fraction: float = 0.2
     limit_per_class: Union[int, None] = None
@@ -252,6 +270,7 @@ _SECTIONS: dict[str, type] = {
     "early_stopping": EarlyStopping,
     "calibration": CalibrationConfig,
     "head_only": HeadOnlyConfig,
+    "open_set": OpenSetConfig,
     "labels": LabelsConfig,
 }
 _INTERNAL = {"text", "path"}
@@ -402,6 +421,9 @@ def _check_values(r: Recipe, problems: list[str]) -> None:
          f"augmentation.jpeg_quality: need 1 <= lo <= hi <= 100, got {a.jpeg_quality}")
     need(a.color_jitter >= 0 and a.hue >= 0 and a.rotate >= 0,
          "augmentation: color_jitter, hue and rotate must be >= 0")
+    o = r.open_set
+    need(0 <= o.quantile < 1, f"open_set.quantile: in [0, 1), got {o.quantile}")
+    need(o.dims >= 1, f"open_set.dims: must be >= 1, got {o.dims}")
     e = r.early_stopping
     need(e.patience >= 1, f"early_stopping.patience: must be >= 1, got {e.patience}")
     need(e.monitor in MONITORS,
