@@ -4,10 +4,13 @@
     #    small; retrain from the recipe instead)
     python training/ship_default.py copy runs/wildvision-base-v1/package \
         wildvision/models/wildvision-base --extra training/wildvision-base-v1.card-extra.json
-    # 2. INT8 beside fp32 (calibrated on validation images)
+    # 2. the open-set gate, if the run did not add it (runs since recipe open_set do)
+    wildvision export familiarity wildvision/models/wildvision-base \
+        --data datasets/wildvision-ref/manifest.csv
+    # 3. INT8 beside fp32 (calibrated on validation images)
     wildvision export int8 wildvision/models/wildvision-base \
         --calib datasets/wildvision-ref/manifest.csv --split val --limit 256
-    # 3. bench runs (see training/README.md), then put their numbers in the card:
+    # 4. bench runs (see training/README.md), then put their numbers in the card:
     python training/ship_default.py metrics wildvision/models/wildvision-base \
         reference_test=runs/bench/base-v1 ...
 
@@ -26,7 +29,7 @@ from typing import Any
 from wildvision.bench import card_metrics
 from wildvision.modelpack import load_package, write_card
 
-SHIPPED_FILES = ("model.onnx", "model.int8.onnx")
+SHIPPED_FILES = ("model.onnx", "model.int8.onnx", "familiarity.npz")
 
 
 def copy(run_package: Path, out: Path, extra_json: Path | None) -> None:
