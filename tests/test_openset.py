@@ -115,6 +115,14 @@ def test_export_familiarity_and_the_gate_in_predictions(tiny_model_dir: Path,
         assert r.unfamiliar == (r.familiarity < rec["threshold"])  # type: ignore[operator]
         assert r.decision == ("review" if r.unfamiliar else "flag")
         assert r.to_dict()["familiarity"] == pytest.approx(r.familiarity, abs=1e-6)
+    # the bench records the gate and reports how many images it caught
+    from wildvision.bench import run_bench
+
+    run_bench([str(pkg)], manifest, tmp_path / "bench", split="val", plots=False)
+    metrics = json.loads((tmp_path / "bench" / "metrics.json").read_text(encoding="utf-8"))
+    unf = metrics["models"][0]["decisions"]["unfamiliar"]
+    assert unf["flaggable_truth"] == pytest.approx(len(below) / len(val))
+    assert unf["benign_truth"] is None  # no benign validation photo here
     # a training photo is familiar to itself
     assert Classifier(pkg).classify(str(train[3])).familiarity > 0.99  # type: ignore[operator]
 

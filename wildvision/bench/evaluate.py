@@ -507,13 +507,26 @@ def _benign_block(d: EvalData, est: Mapping[str, M.Estimate]) -> dict[str, Any]:
     }
 
 
-def _decisions_block(d: EvalData) -> dict[str, Any]:
+def _decisions_block(d: EvalData, records: Sequence[dict[str, Any]] | None = None
+                     ) -> dict[str, Any]:
     benign = d.groups.index("benign") if "benign" in d.groups else -1
-    return {
+    block: dict[str, Any] = {
         "all": _shares(d.overall),
         "flaggable_truth": _shares(d.overall[d.true_g != benign]),
         "benign_truth": _shares(d.overall[d.true_g == benign]),
     }
+    if records is not None and any("unfamiliar" in r for r in records):
+        # the open-set gate (wildvision.openset): share of images below the familiarity
+        # threshold, whose flags became review
+        unf = np.array([bool(r.get("unfamiliar")) for r in records])
+        block["unfamiliar"] = {
+            "all": float(unf.mean()) if len(unf) else None,
+            "flaggable_truth": float(unf[d.true_g != benign].mean())
+            if np.any(d.true_g != benign) else None,
+            "benign_truth": float(unf[d.true_g == benign].mean())
+            if np.any(d.true_g == benign) else None,
+        }
+    return block
 
 
 def evaluate_model(run: ModelRun, *, n_resamples: int = 1000, seed: int = 0,
@@ -585,7 +598,7 @@ def evaluate_model(run: ModelRun, *, n_resamples: int = 1000, seed: int = 0,
     block["calibration"] = _calibration_block(d, est)
     block["by_source"] = _source_block(d, failed_by_source)
     block["benign"] = _benign_block(d, est)
-    block["decisions"] = _decisions_block(d)
+    block["decisions"] = _decisions_block(d, labelled)
     block["binary"] = _binary_block(d, positive_groups, n_resamples, seed) \
         if positive_groups else None
     block["coverage"] = {

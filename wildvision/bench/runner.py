@@ -281,6 +281,9 @@ def predict_to_file(
                         "decision": res.decision,
                         "decisions": {g.group: g.decision for g in res.groups},
                     })
+                    if res.familiarity is not None:
+                        rec["familiarity"] = round(res.familiarity, 6)
+                        rec["unfamiliar"] = res.unfamiliar
                     if row.sha256 and res.image_sha256 != row.sha256:
                         rec["sha256_mismatch"] = True
                 else:
