@@ -106,6 +106,9 @@ def test_export_familiarity_and_the_gate_in_predictions(tiny_model_dir: Path,
     rec = package.card.extra["familiarity"]
     assert rec["references"] == 30 and rec["validation_positives"] == 10
     assert rec["command"].startswith("wildvision export familiarity")
+    readme = (pkg / "README.md").read_text(encoding="utf-8")
+    assert "## Open-set gate (familiarity)" in readme
+    assert f"| threshold | {rec['threshold']:.4f} |" in readme
 
     gated = Classifier(pkg).classify_many([str(p) for p in val])
     assert all(r.ok and r.familiarity is not None for r in gated)

@@ -95,6 +95,11 @@ def _bench_md(block: Mapping[str, Any]) -> str:
             f"{' '.join(_ci(binary.get('average_precision')))}:\n\n"
             + _table(rows, ["rule", "precision", "recall", "F1", "false-positive rate",
                             "balanced accuracy"]))
+    unf = block.get("unfamiliar")
+    if isinstance(unf, Mapping):
+        out.append("Open-set gate: share of images below the familiarity threshold (their "
+                   "flags became review): " + ", ".join(
+                       f"{k} {_fmt(v)}" for k, v in unf.items() if v is not None))
     for key, title in (("false_flag_rate_by_benign_label", "False-flag rate by benign label"),
                        ("false_flag_rate_by_source", "False-flag rate by source (benign images)")):
         rates = block.get(key) or {}
@@ -202,6 +207,16 @@ def render_card(card: ModelCard) -> str:
         + _table(th_rows, ["group", "flag", "review"])
         + f"\n\nTemperature (calibration): {card.temperature:.4f}",
     )
+    fam = ex.get("familiarity")
+    if isinstance(fam, Mapping):
+        md += _section(
+            "Open-set gate (familiarity)",
+            "A `flag` on a photo whose familiarity (cosine similarity of its embedding to the "
+            "nearest training photo, `familiarity.npz`) is below the threshold becomes "
+            "`review`; probabilities are unchanged. `Classifier(open_set=False)` or "
+            "threshold `-1` switches it off (docs/core.md).\n\n"
+            + _table([[k, f"`{v}`" if isinstance(v, str) else _fmt(v)]
+                      for k, v in fam.items()], ["field", "value"]))
     md += _section("Preprocessing", "```json\n" + json.dumps(card.preprocess.to_dict()) + "\n```")
     blocks = ex.get("metric_blocks")
     names: dict[str, str] = ({str(k): str(v) for k, v in blocks.items()}

@@ -556,6 +556,7 @@ def card_metrics(metrics_json: str | os.PathLike[str] | Mapping[str, Any],
         "headline": dict(b["headline"]),
         "binary": b.get("binary"),
         "groups": groups,
+        "unfamiliar": (b.get("decisions") or {}).get("unfamiliar"),
         "false_flag_rate_by_source": {s: v["false_flag_rate"]
                                       for s, v in (ben.get("by_source") or {}).items()},
         "false_flag_rate_by_benign_label": {lab: v["false_flag_rate"]
