@@ -20,47 +20,59 @@ from wildvision.predict import Classifier
 from conftest import encode, photo_like
 
 
-def _clusters(rng: np.random.Generator, n: int, dim: int = 64) -> np.ndarray:
+def _clusters(rng: np.random.Generator, n: int, dim: int = 64, noise: float = 1.0
+              ) -> np.ndarray:
     """``n`` points around two directions (e1, e2) of a ``dim``-wide space."""
     centres = np.eye(dim, dtype=np.float32)[:2] * 5
-    return centres[rng.integers(0, 2, n)] + rng.normal(size=(n, dim)).astype(np.float32)
+    return centres[rng.integers(0, 2, n)] + noise * rng.normal(size=(n, dim)).astype(np.float32)
 
 
 def test_gate_scores_training_like_points_above_and_others_below(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     train, pos = _clusters(rng, 400), _clusters(rng, 200)
-    gate, rec = build_familiarity(train, pos, dims=16, quantile=0.05)
-    assert rec["dims"] == 16 and rec["references"] == 400 and rec["validation_positives"] == 200
+    far_pos = _clusters(rng, 100, noise=2.0)  # a second group: its photos sit farther away
+    gate, rec = build_familiarity(train, {"ivory": pos, "live_protected_animal": far_pos,
+                                          "pangolin": np.zeros((0, 64))},
+                                  dims=16, quantile=0.05)
+    assert rec["dims"] == 16 and rec["references"] == 400
+    assert rec["validation_positives"] == {"ivory": 200, "live_protected_animal": 100,
+                                           "pangolin": 0}
+    assert set(gate.thresholds) == {"ivory", "live_protected_animal"}  # pangolin: no gate
     s = gate.score(pos)
-    # the threshold is the stated quantile of the positives' scores
-    assert np.mean(s < gate.threshold) == pytest.approx(0.05, abs=0.01)
-    assert gate.threshold == pytest.approx(rec["threshold"], abs=1e-6)
+    # each threshold is the stated quantile of its own group's positives
+    assert np.mean(s < gate.thresholds["ivory"]) == pytest.approx(0.05, abs=0.01)
+    s2 = gate.score(far_pos)
+    assert np.mean(s2 < gate.thresholds["live_protected_animal"]) == pytest.approx(0.05,
+                                                                                 abs=0.02)
+    assert gate.thresholds["live_protected_animal"] < gate.thresholds["ivory"]
+    assert rec["thresholds"] == gate.thresholds
+    assert gate.is_familiar(pos[:3], "pangolin").all()  # an ungated group passes
     # a training point is its own nearest neighbour
     assert gate.score(train[:20]).min() > 0.99
     # points along a direction no training point has are unfamiliar
     far = np.zeros((10, 64), np.float32)
     far[:, 7] = 5
     far += rng.normal(size=far.shape).astype(np.float32) * 0.1
-    assert not gate.is_familiar(far).any()
+    assert not gate.is_familiar(far, "ivory").any()
     # the file round trip keeps the scores (references are float16)
     gate.save(tmp_path / FAMILIARITY_FILE)
-    again = load_familiarity(tmp_path / FAMILIARITY_FILE, gate.threshold)
+    again = load_familiarity(tmp_path / FAMILIARITY_FILE, gate.thresholds)
     assert np.allclose(again.score(pos), s, atol=1e-6)
 
 
 def test_gate_bad_inputs(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    gate, _ = build_familiarity(_clusters(rng, 50), _clusters(rng, 5), dims=8)
+    gate, _ = build_familiarity(_clusters(rng, 50), {"ivory": _clusters(rng, 5)}, dims=8)
     with pytest.raises(ConfigError, match="32 wide, the reference set expects 64"):
         gate.score(np.zeros((2, 32)))
     with pytest.raises(ConfigError, match="no correctly flagged"):
-        build_familiarity(_clusters(rng, 50), np.zeros((0, 64)))
+        build_familiarity(_clusters(rng, 50), {"ivory": np.zeros((0, 64))})
     with pytest.raises(ConfigError, match="quantile"):
-        build_familiarity(_clusters(rng, 50), _clusters(rng, 5), quantile=1.5)
+        build_familiarity(_clusters(rng, 50), {"ivory": _clusters(rng, 5)}, quantile=1.5)
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip")
     with pytest.raises(ModelIntegrityError, match="not a familiarity file"):
-        load_familiarity(bad, 0.5)
+        load_familiarity(bad, {"ivory": 0.5})
 
 
 def _photos(root: Path, n: int, seed: int) -> list[Path]:
@@ -77,7 +89,7 @@ def _edit_card(pkg: Path, **changes: object) -> None:
     card = json.loads((pkg / "card.json").read_text(encoding="utf-8"))
     for key, value in changes.items():
         if key == "familiarity_threshold":
-            card["familiarity"]["threshold"] = value
+            card["familiarity"]["thresholds"] = {"ivory": value}
         else:
             card[key] = value
     (pkg / "card.json").write_text(json.dumps(card), encoding="utf-8")
@@ -104,18 +116,19 @@ def test_export_familiarity_and_the_gate_in_predictions(tiny_model_dir: Path,
     package = load_package(pkg)  # the new file is in the card and its hash verifies
     assert FAMILIARITY_FILE in package.card.files
     rec = package.card.extra["familiarity"]
-    assert rec["references"] == 30 and rec["validation_positives"] == 10
+    assert rec["references"] == 30 and rec["validation_positives"]["ivory"] == 10
     assert rec["command"].startswith("wildvision export familiarity")
     readme = (pkg / "README.md").read_text(encoding="utf-8")
     assert "## Open-set gate (familiarity)" in readme
-    assert f"| threshold | {rec['threshold']:.4f} |" in readme
+    assert "| thresholds | " in readme and str(rec["thresholds"]["ivory"]) in readme
 
     gated = Classifier(pkg).classify_many([str(p) for p in val])
     assert all(r.ok and r.familiarity is not None for r in gated)
-    below = [r for r in gated if r.familiarity < rec["threshold"]]  # type: ignore[operator]
+    tau = rec["thresholds"]["ivory"]
+    below = [r for r in gated if r.familiarity < tau]  # type: ignore[operator]
     assert len(below) <= 1  # the 10% quantile of 10 positives
     for r in gated:
-        assert r.unfamiliar == (r.familiarity < rec["threshold"])  # type: ignore[operator]
+        assert r.unfamiliar == (r.familiarity < tau)  # type: ignore[operator]
         assert r.decision == ("review" if r.unfamiliar else "flag")
         assert r.to_dict()["familiarity"] == pytest.approx(r.familiarity, abs=1e-6)
     # the bench records the gate and reports how many images it caught
@@ -166,7 +179,8 @@ def test_training_adds_the_gate_through_the_same_path(tiny_model_dir: Path,
     recipe = parse_recipe({"name": "x", "open_set": {"quantile": 0.25, "dims": 4}})
     got = _add_open_set(pkg, manifest, None, recipe, False)
     assert got is not None and got.extra["familiarity"]["dims"] == 4
-    assert got.extra["familiarity"]["validation_positives"] == 4  # group from the fine label
+    # the group comes from the fine label
+    assert got.extra["familiarity"]["validation_positives"]["ivory"] == 4
     assert got.extra["familiarity"]["quantile"] == 0.25
     # no validation rows: skipped with a warning, the package untouched
     only_train = tmp_path / "t.csv"

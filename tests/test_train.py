@@ -99,7 +99,7 @@ def test_one_epoch_package_works_in_core_and_cli(small_manifest: Path, tmp_path:
     gate = {"familiarity.npz"} if hits else set()
     assert set(card.files) == {"model.onnx", "model.safetensors"} | gate
     if hits:
-        assert card.extra["familiarity"]["validation_positives"] == hits
+        assert sum(card.extra["familiarity"]["validation_positives"].values()) == hits
         assert card.extra["familiarity"]["references"] == 24
     tr = card.training
     assert tr["train_counts"] == {lab: 8 for lab in labels}

@@ -222,21 +222,23 @@ class ModelPackage:
         raise ConfigError(f"precision must be 'fp32' or 'int8', got {precision!r}")
 
     def familiarity(self) -> Familiarity | None:
-        """The open-set gate (:mod:`wildvision.openset`) when the package has one and its
-        card threshold is not ``-1``; else ``None``."""
+        """The open-set gate (:mod:`wildvision.openset`) when the package has one; groups
+        whose card threshold is ``-1`` are not gated (``None`` when none is)."""
         from .openset import FAMILIARITY_FILE, load_familiarity
 
         rec = self.card.extra.get("familiarity")
         if not isinstance(rec, dict) or FAMILIARITY_FILE not in self.card.files:
             return None
+        raw = rec.get("thresholds")
         try:
-            threshold = float(rec["threshold"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelIntegrityError(f"card.json of {self.card.name}: familiarity needs a "
-                                      f"numeric threshold ({e})") from e
-        if threshold <= -1.0:
+            thresholds = {str(g): float(t) for g, t in raw.items()}  # type: ignore[union-attr]
+        except (AttributeError, TypeError, ValueError) as e:
+            raise ModelIntegrityError(f"card.json of {self.card.name}: familiarity needs "
+                                      f"numeric per-group thresholds ({e})") from e
+        thresholds = {g: t for g, t in thresholds.items() if t > -1.0}
+        if not thresholds:
             return None
-        return load_familiarity(self.file(FAMILIARITY_FILE), threshold)
+        return load_familiarity(self.file(FAMILIARITY_FILE), thresholds)
 
     @property
     def precisions(self) -> tuple[str, ...]:

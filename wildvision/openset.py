@@ -10,18 +10,23 @@ The familiarity of a photo is the cosine similarity of its embedding to the most
 training image (1-nearest neighbour, as in Sun et al. 2022, "Out-of-distribution detection with
 deep nearest neighbors"), computed in a 256-dimensional projection of the embedding (the top
 right-singular vectors of the training embeddings, uncentred) so that the reference set ships
-in a few MB. The threshold is chosen on validation: the ``quantile`` (default 1%) of the scores
-of the validation images the model correctly flags. A flag on a photo below it becomes
-``review``: a person still sees it, but it no longer jumps the queue.
+in a few MB. Each flaggable group has its own threshold, chosen on validation: the ``quantile``
+(default 1%) of the scores of the validation images the model correctly flags in that group
+(one pooled threshold would be set by the group with the most similar training photos: live
+big cats sit far closer to their neighbours than museum ivory does). A flag of a group on a
+photo below that group's threshold becomes ``review``: a person still sees it, but it no
+longer jumps the queue.
 
 The package file ``familiarity.npz`` holds ``projection`` (d x D float32) and ``references``
-(N x d float16, unit rows); the card's ``extra["familiarity"]`` holds the ``threshold`` and how
-it was chosen (edit it there to move the gate; ``-1`` switches it off).
+(N x d float16, unit rows); the card's ``extra["familiarity"]`` holds the per-group
+``thresholds`` and how they were chosen (edit them there to move the gate; ``-1`` switches a
+group's gate off).
 :mod:`wildvision.predict` applies it; ``wildvision export familiarity`` builds it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +53,7 @@ class Familiarity:
 
     projection: NDArray[np.float32]   # (d, D)
     references: NDArray[np.float16]   # (N, d), unit rows
-    threshold: float
+    thresholds: Mapping[str, float]   # per flaggable group; a group not listed is not gated
 
     def score(self, embeddings: NDArray[np.floating], chunk: int = 256) -> NDArray[np.float32]:
         """Cosine similarity of each embedding (rows, D wide) to its nearest reference,
@@ -64,8 +69,11 @@ class Familiarity:
             out[i:i + chunk] = (z[i:i + chunk] @ refs.T).max(axis=1)
         return out
 
-    def is_familiar(self, embeddings: NDArray[np.floating]) -> NDArray[np.bool_]:
-        return self.score(embeddings) >= self.threshold
+    def is_familiar(self, embeddings: NDArray[np.floating], group: str) -> NDArray[np.bool_]:
+        """Whether each embedding passes ``group``'s gate (always, for an ungated group)."""
+        s = self.score(embeddings)
+        t = self.thresholds.get(group)
+        return np.ones(len(s), dtype=bool) if t is None else s >= t
 
     def save(self, path: str | Path) -> None:
         """Write the arrays (the threshold lives in the card, where it can be read)."""
@@ -74,7 +82,7 @@ class Familiarity:
                      references=self.references.astype(np.float16))
 
 
-def load_familiarity(path: str | Path, threshold: float) -> Familiarity:
+def load_familiarity(path: str | Path, thresholds: Mapping[str, float]) -> Familiarity:
     """Read ``familiarity.npz`` (plain arrays only: loaded with ``allow_pickle=False``)."""
     try:
         with np.load(path, allow_pickle=False) as d:
@@ -85,22 +93,23 @@ def load_familiarity(path: str | Path, threshold: float) -> Familiarity:
     if proj.ndim != 2 or refs.ndim != 2 or refs.shape[1] != proj.shape[0] or not len(refs):
         raise ModelIntegrityError(f"{path}: projection {proj.shape} and references "
                                   f"{refs.shape} do not fit together")
-    return Familiarity(proj, refs, threshold)
+    return Familiarity(proj, refs, dict(thresholds))
 
 
 def build_familiarity(train_embeddings: NDArray[np.floating],
-                      positive_embeddings: NDArray[np.floating], *, dims: int = 256,
-                      quantile: float = 0.01) -> tuple[Familiarity, dict[str, float]]:
-    """Build the gate from the training images' embeddings and the embeddings of the
-    validation images the model correctly flags (``positive_embeddings``).
+                      positives: Mapping[str, NDArray[np.floating]], *, dims: int = 256,
+                      quantile: float = 0.01) -> tuple[Familiarity, dict[str, object]]:
+    """Build the gate from the training images' embeddings and, per flaggable group, the
+    embeddings of the validation images the model correctly flags in it (``positives``; a
+    group without any is not gated).
 
-    Returns the gate and a record (threshold, quantile, dims, counts) for the card.
+    Returns the gate and a record (thresholds, quantile, dims, counts) for the card.
     """
     x = _unit(train_embeddings)
     if x.ndim != 2 or len(x) < 2:
         raise ConfigError("familiarity: need at least 2 training embeddings")
-    if len(positive_embeddings) < 1:
-        raise ConfigError("familiarity: no correctly flagged validation image to set the "
+    if not any(len(v) for v in positives.values()):
+        raise ConfigError("familiarity: no correctly flagged validation image to set a "
                           "threshold on")
     if not 0.0 <= quantile < 1.0:
         raise ConfigError(f"familiarity: quantile must be in [0, 1), got {quantile}")
@@ -109,9 +118,10 @@ def build_familiarity(train_embeddings: NDArray[np.floating],
     _u, _s, vt = np.linalg.svd(x, full_matrices=False)
     proj = np.ascontiguousarray(vt[:d], dtype=np.float32)
     refs = _unit(x @ proj.T).astype(np.float16)
-    gate = Familiarity(proj, refs, 0.0)
-    pos = gate.score(positive_embeddings)
-    threshold = float(np.quantile(pos, quantile))
-    record = {"threshold": round(threshold, 6), "quantile": quantile, "dims": d,
-              "references": len(refs), "validation_positives": len(pos)}
-    return Familiarity(proj, refs, threshold), record
+    gate = Familiarity(proj, refs, {})
+    thresholds = {g: round(float(np.quantile(gate.score(v), quantile)), 6)
+                  for g, v in positives.items() if len(v)}
+    record: dict[str, object] = {
+        "thresholds": thresholds, "quantile": quantile, "dims": d, "references": len(refs),
+        "validation_positives": {g: len(v) for g, v in positives.items()}}
+    return Familiarity(proj, refs, thresholds), record

@@ -78,8 +78,9 @@ class Prediction:
         familiarity: similarity of the photo to the nearest training photo
             (:mod:`wildvision.openset`), ``None`` when the model has no reference set or the
             gate is off.
-        unfamiliar: the photo is below the model's familiarity threshold: any ``flag`` it
-            would have had is ``review`` instead (its probabilities are unchanged).
+        unfamiliar: the gate turned at least one ``flag`` into ``review`` (the photo is below
+            the familiarity threshold of a group it would have been flagged for; its
+            probabilities are unchanged).
     """
 
     source: str
@@ -373,14 +374,16 @@ class Classifier:
                          ) -> Prediction:
         groups = []
         overall = "pass"
-        unfamiliar = (familiarity is not None and self.familiarity is not None
-                      and familiarity < self.familiarity.threshold)
+        gate = self.familiarity.thresholds if self.familiarity is not None else {}
+        unfamiliar = False
         for gi, g in enumerate(self._groups):
             prob = float(gprobs[gi])
             th = self.thresholds[g]
             decision = th.decide(prob) if g in FLAGGABLE_GROUPS else "pass"
-            if unfamiliar and decision == "flag":
+            if (decision == "flag" and familiarity is not None and g in gate
+                    and familiarity < gate[g]):
                 decision = "review"
+                unfamiliar = True
             if DECISIONS.index(decision) < DECISIONS.index(overall):
                 overall = decision
             groups.append(GroupResult(g, prob, decision, th.flag, th.review))

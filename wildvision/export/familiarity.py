@@ -67,22 +67,27 @@ def add_familiarity(package_dir: str | os.PathLike[str], manifest: str | os.Path
     # the true group: of the row's fine label in this model, else the manifest's group column
     truth = [pkg.card.label_groups.get(r.fine_label) or pkg.card.label_groups.get(r.label)
              or r.group for r in val]
-    pos = [j for j, (i, p) in enumerate(zip(keep, preds, strict=True))
-           if truth[i] in p.flagged_groups]
-    gate, built = build_familiarity(x_train, x_val[pos], dims=dims, quantile=quantile)
+    positives = {}
+    for g in pkg.card.thresholds:
+        rows = [j for j, (i, p) in enumerate(zip(keep, preds, strict=True))
+                if truth[i] == g and g in p.flagged_groups]
+        positives[g] = x_val[rows]
+    gate, built = build_familiarity(x_train, positives, dims=dims, quantile=quantile)
     record: dict[str, Any] = dict(built)
     gate.save(package_dir / FAMILIARITY_FILE)
     scores = gate.score(x_val)
     benign = [j for j, i in enumerate(keep) if truth[i] == "benign"]
+    low = min(gate.thresholds.values())
     record.update({
         "file": FAMILIARITY_FILE,
-        "rule": "a flag on a photo whose familiarity is below threshold becomes review",
+        "rule": "a group's flag on a photo whose familiarity is below that group's "
+                "threshold becomes review",
         "score": "cosine similarity to the nearest training image (1-NN) in a "
                  f"{record['dims']}-d projection of the embedding",
         "manifest": os.fspath(manifest), "manifest_sha256": m.sha256,
         "train_split": train_split, "val_split": val_split,
-        "validation_benign_below_threshold": round(float(np.mean(
-            scores[benign] < gate.threshold)), 6) if benign else None,
+        "validation_benign_below_lowest_threshold": round(float(np.mean(
+            scores[benign] < low)), 6) if benign else None,
         "command": command,
     })
     extra = dict(pkg.card.extra)

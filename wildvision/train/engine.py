@@ -787,8 +787,8 @@ def _add_open_set(pkg: Path, manifest: str | os.PathLike[str],
     except ConfigError as e:
         log.warning("open-set gate not added: %s", e)
         return None
-    log.info("open-set gate: threshold %.4f from %d correctly flagged validation images, "
-             "%d references (%.1f s)", rec["threshold"], rec["validation_positives"],
+    log.info("open-set gate: thresholds %s from %s correctly flagged validation images, "
+             "%d references (%.1f s)", rec["thresholds"], rec["validation_positives"],
              rec["references"], time.perf_counter() - t0)
     return load_package(pkg).card
 
