@@ -272,3 +272,15 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.strip() == f"wildvision {__version__}"
     assert main(["--help"]) == 0
     assert "classify" in capsys.readouterr().out
+
+
+@pytest.mark.realdata
+def test_csv_carries_the_open_set_gate_and_it_can_be_switched_off(
+        shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    photo = sorted((shared_data / "met_ivory").rglob("*.jpg"))[0]
+    assert main(["classify", str(photo), "--format", "csv"]) == 0
+    row = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert -1.0 <= float(row["familiarity"]) <= 1.0 and row["unfamiliar"] in ("True", "False")
+    assert main(["classify", str(photo), "--format", "csv", "--no-open-set"]) == 0
+    row = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert row["familiarity"] == "" and row["unfamiliar"] == ""

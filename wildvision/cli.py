@@ -39,8 +39,8 @@ _PLUGINS = {
 }
 CSV_FIELDS = (
     "source", "ok", "decision", "flagged_groups", "top_group", "top_label",
-    "top_label_probability", "group_probabilities", "model", "model_version", "image_sha256",
-    "width", "height", "error_type", "message",
+    "top_label_probability", "group_probabilities", "familiarity", "unfamiliar", "model",
+    "model_version", "image_sha256", "width", "height", "error_type", "message",
 )
 
 
@@ -227,6 +227,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     clf = Classifier(
         args.model, backend=args.backend, precision=args.precision, threads=args.threads,
         decode_workers=args.decode_workers, thresholds=thresholds or None, top_k=args.top_k,
+        open_set=args.open_set,
     )
     append = False
     failed = 0
@@ -324,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threshold", action="append", metavar="GROUP=FLAG[:REVIEW]",
                    help="override a group's thresholds, e.g. ivory=0.9:0.5 (repeatable)")
     c.add_argument("--top-k", type=int, default=3)
+    c.add_argument("--open-set", action=argparse.BooleanOptionalAction, default=True,
+                   help="apply the model's familiarity gate: a flag on a photo unlike every "
+                   "training photo becomes review (default: on; --no-open-set: off)")
     c.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="ray: score with Ray Data ([scale] extra), output must be .parquet")
     c.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
