@@ -87,12 +87,20 @@ def test_wheel_contents_config() -> None:
     assert all(p == "wildvision" or p.startswith("wildvision.") for p in packages), packages
     data = tool["package-data"]["wildvision"]
     assert "py.typed" in data and any(d.startswith("models/") for d in data)
+    # every file a shipped model package's card lists is in the wheel
+    import fnmatch
+
+    for card_path in (REPO_ROOT / "wildvision" / "models").glob("*/card.json"):
+        listed = json.loads(card_path.read_text(encoding="utf-8"))["files"]
+        for name in [*listed, "card.json", "README.md"]:
+            rel = f"models/{card_path.parent.name}/{name}"
+            assert any(fnmatch.fnmatch(rel, pat) for pat in data), f"{rel} not in package-data"
     assert (REPO_ROOT / "wildvision" / "py.typed").is_file()
     project = config["project"]
     assert project["license"] == "Apache-2.0"
     assert project["scripts"]["wildvision"] == "wildvision.cli:main"
     core = {d.split(">")[0].split("=")[0].strip() for d in project["dependencies"]}
-    assert core == {"numpy", "pillow", "onnxruntime"}
+    assert core == {"numpy", "pillow", "onnxruntime", "threadpoolctl"}
     license_text = (REPO_ROOT / "LICENSE").read_text(encoding="utf-8")
     assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
     assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in license_text
