@@ -497,13 +497,22 @@ def test_cli_serve_subprocess_with_workers(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "wildvision serve did not become ready"
             time.sleep(0.2)
         auth = {"Authorization": f"Bearer {API_KEY}"}
+        # generous timeouts: on a loaded 2-core machine the second worker may still be
+        # loading its model when the first answers /readyz
         r = httpx.post(url + "/v1/classify", content=jpeg(7),
-                       headers={**auth, "X-Request-ID": "cli-req-1"})
+                       headers={**auth, "X-Request-ID": "cli-req-1"}, timeout=60)
         assert r.status_code == 200, r.text
         assert r.json()["model"] == "tiny-test"
-        assert httpx.post(url + "/v1/classify", content=jpeg(7)).status_code == 401
-        big = httpx.post(url + "/v1/classify", content=b"\0" * 2_000_000, headers=auth)
+        assert httpx.post(url + "/v1/classify", content=jpeg(7), timeout=60).status_code == 401
+        big = httpx.post(url + "/v1/classify", content=b"\0" * 2_000_000, headers=auth,
+                         timeout=60)
         assert big.status_code == 413
+        # both workers have loaded the model before the server is stopped
+        deadline = time.monotonic() + 60
+        while sum(httpx.get(url + "/readyz", timeout=30).status_code == 200
+                  for _ in range(8)) < 8:
+            assert time.monotonic() < deadline, "a worker never became ready"
+            time.sleep(0.5)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
