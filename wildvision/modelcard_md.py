@@ -212,9 +212,10 @@ def render_card(card: ModelCard) -> str:
         md += _section(
             "Open-set gate (familiarity)",
             "A `flag` on a photo whose familiarity (cosine similarity of its embedding to the "
-            "nearest training photo, `familiarity.npz`) is below the threshold becomes "
-            "`review`; probabilities are unchanged. `Classifier(open_set=False)` or "
-            "threshold `-1` switches it off (docs/core.md).\n\n"
+            "nearest training photo, `familiarity.npz`) is below its group's threshold becomes "
+            "`review`; probabilities are unchanged. `Classifier(open_set=False)` switches "
+            "it off; a group threshold of `-1` switches off that group's gate "
+            "(docs/core.md).\n\n"
             + _table([[k, f"`{v}`" if isinstance(v, str) else _fmt(v)]
                       for k, v in fam.items()], ["field", "value"]))
     md += _section("Preprocessing", "```json\n" + json.dumps(card.preprocess.to_dict()) + "\n```")
