@@ -98,11 +98,16 @@ class Familiarity:
                 out[i:i + chunk] = (z[i:i + chunk] @ refs.T).max(axis=1)
         return out
 
+    def below(self, score: float, group: str) -> bool:
+        """The gate's rule: ``score`` is under ``group``'s threshold (never, for an ungated
+        group), so a flag of that group becomes review."""
+        t = self.thresholds.get(group)
+        return t is not None and score < t
+
     def is_familiar(self, embeddings: NDArray[np.floating], group: str) -> NDArray[np.bool_]:
         """Whether each embedding passes ``group``'s gate (always, for an ungated group)."""
-        s = self.score(embeddings)
-        t = self.thresholds.get(group)
-        return np.ones(len(s), dtype=bool) if t is None else s >= t
+        return np.array([not self.below(float(s), group) for s in self.score(embeddings)],
+                        dtype=bool)
 
     def save(self, path: str | Path) -> None:
         """Write the arrays (the threshold lives in the card, where it can be read)."""

@@ -179,8 +179,6 @@ class Failure:
 Result = Union[Prediction, Failure]
 
 
-
-
 ThresholdSpec = Mapping[str, Union[Thresholds, Mapping[str, float], float]]
 
 
@@ -374,14 +372,13 @@ class Classifier:
                          ) -> Prediction:
         groups = []
         overall = "pass"
-        gate = self.familiarity.thresholds if self.familiarity is not None else {}
         unfamiliar = False
         for gi, g in enumerate(self._groups):
             prob = float(gprobs[gi])
             th = self.thresholds[g]
             decision = th.decide(prob) if g in FLAGGABLE_GROUPS else "pass"
-            if (decision == "flag" and familiarity is not None and g in gate
-                    and familiarity < gate[g]):
+            if (decision == "flag" and familiarity is not None and self.familiarity is not None
+                    and self.familiarity.below(familiarity, g)):
                 decision = "review"
                 unfamiliar = True
             if DECISIONS.index(decision) < DECISIONS.index(overall):
