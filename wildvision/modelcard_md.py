@@ -40,6 +40,11 @@ def _ci(v: Any) -> tuple[str, str]:
     return _fmt(v), ""
 
 
+def _ci_cell(v: Any, missing: str = "") -> str:
+    """``"value [lo, hi]"`` in one table cell; ``missing`` when there is no value."""
+    return " ".join(x for x in _ci(v) if x) if v is not None else missing
+
+
 def _bench_md(block: Mapping[str, Any]) -> str:
     """One ``wildvision bench`` metrics block (schema v1) as readable tables."""
     data = block.get("data") or {}
@@ -71,7 +76,7 @@ def _bench_md(block: Mapping[str, Any]) -> str:
             if not isinstance(m, Mapping):
                 continue
             rows.append([g, _fmt(m.get("support", "")), *(
-                " ".join(x for x in _ci(m[k]) if x) if k in m else ""
+                _ci_cell(m.get(k))
                 for k in ("average_precision", "flag_precision", "flag_recall", "flag_f1")),
                 _fmt(m.get("argmax_f1", "")),
                 _fmt(m.get("flag_threshold", "")),
@@ -85,7 +90,7 @@ def _bench_md(block: Mapping[str, Any]) -> str:
         rows = []
         for rule in ("at_threshold", "argmax"):
             m = binary.get(rule) or {}
-            rows.append([rule, *(" ".join(x for x in _ci(m[k]) if x) if k in m else ""
+            rows.append([rule, *(_ci_cell(m.get(k))
                                  for k in ("precision", "recall", "f1", "false_positive_rate",
                                            "balanced_accuracy"))])
         out.append(
@@ -152,7 +157,7 @@ def _comparison_md(metrics: Mapping[str, Any], reference: str, prefix: str,
     blocks = [metrics[k] for k in cols]
 
     def cell(v: Any) -> str:
-        return " ".join(x for x in _ci(v) if x) if v is not None else "—"
+        return _ci_cell(v, missing="—")
 
     rows = [[m, *(cell((b.get("headline") or {}).get(m)) for b in blocks)]
             for m in _COMPARE_HEADLINE]
