@@ -31,32 +31,28 @@ from typing import Any
 
 import numpy as np
 
-from wildvision.calibration import softmax
 from wildvision.data.manifest import read_manifest
 from wildvision.imaging import decode_image
-from wildvision.modelpack import load_package
 from wildvision.openset import build_familiarity
+from wildvision.predict import Classifier
 from wildvision.preprocess import preprocess_image
-from wildvision.runtime import OnnxBackend
 from wildvision.taxonomy import FLAGGABLE_GROUPS
 
 
-def _outputs(pkg_dir: str, manifest: Any, rows: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-    pkg = load_package(pkg_dir)
-    cfg = pkg.card.preprocess
-    be = OnnxBackend(pkg.onnx_file())
+def _outputs(clf: Classifier, manifest: Any, rows: list[Any]) -> dict[str, np.ndarray]:
+    """The classifier's arrays (logits, embedding, calibrated label and group
+    probabilities) for ``rows``, decoded and preprocessed exactly as inference does."""
+    cfg = clf.card.preprocess
 
     def prep(r: Any) -> np.ndarray:
         img = decode_image(manifest.abs_path(r), draft_size=cfg.draft_size).image
         return preprocess_image(img, cfg)
 
-    logits, emb = [], []
+    parts: list[dict[str, np.ndarray]] = []
     with ThreadPoolExecutor(2) as ex:
         for i in range(0, len(rows), 64):
-            out = be.run(np.stack(list(ex.map(prep, rows[i:i + 64]))))
-            logits.append(out["logits"])
-            emb.append(out["embedding"])
-    return np.concatenate(logits).astype(np.float64), np.concatenate(emb)
+            parts.append(clf.predict_arrays(np.stack(list(ex.map(prep, rows[i:i + 64])))))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,25 +66,23 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.metrics import roc_auc_score
 
     t0 = time.perf_counter()
-    pkg = load_package(a.model)
-    card = pkg.card
+    clf = Classifier(a.model, open_set=False)  # the scores are compared without any gate
+    card = clf.card
     m = read_manifest(a.data)
-    labels = card.labels
     rows = {s: [r for r in m if r.split == s and r.readable
                 and (s == "test" or r.fine_label in card.label_groups)]
             for s in ("train", "val", "test")}
-    out = {s: _outputs(a.model, m, rows[s]) for s in rows}
+    out = {s: _outputs(clf, m, rows[s]) for s in rows}
     groups = list(card.groups)
-    gm = np.array([[card.label_groups[lab] == g for g in groups] for lab in labels], float)
     flaggable = [i for i, g in enumerate(groups) if g in FLAGGABLE_GROUPS]
 
     def decisions(split: str) -> dict[str, Any]:
-        z, e = out[split]
-        p = softmax(z, card.temperature)
-        gp = p @ gm
+        o = out[split]
+        z, p, gp = o["logits"].astype(np.float64), o["probabilities"], o["group_probabilities"]
         flags = np.zeros((len(z), len(groups)), bool)
         for i in flaggable:
-            flags[:, i] = gp[:, i] >= card.thresholds[groups[i]].flag
+            th = clf.thresholds[groups[i]]
+            flags[:, i] = [th.decide(float(v)) == "flag" for v in gp[:, i]]
         truth = np.array([card.label_groups.get(r.fine_label, r.group) for r in rows[split]])
         true_flag = np.array([truth[k] in groups and flags[k, groups.index(truth[k])]
                               for k in range(len(z))])
@@ -99,13 +93,15 @@ def main(argv: list[str] | None = None) -> int:
             "flag_group_probability": gp[:, flaggable].max(1),
         }
         return {"flagged": flags.any(1), "true_flag": true_flag,
-                "benign": truth == "benign", "scores": scores, "emb": e}
+                "benign": truth == "benign", "scores": scores, "emb": o["embedding"]}
 
     val, test = decisions("val"), decisions("test")
-    x_train = out["train"][1]
+    x_train = out["train"]["embedding"]
     for name, dims in (("nearest_neighbour_full", x_train.shape[1]),
                        ("nearest_neighbour_256", 256)):
-        gate, _ = build_familiarity(x_train, val["emb"][val["true_flag"]], dims=dims)
+        # only the scores are used here: every score gets the same pooled threshold below
+        gate, _ = build_familiarity(x_train, {"pooled": val["emb"][val["true_flag"]]},
+                                    dims=dims)
         val["scores"][name] = gate.score(val["emb"])
         test["scores"][name] = gate.score(test["emb"])
 
