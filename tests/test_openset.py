@@ -151,6 +151,21 @@ def test_export_familiarity_and_the_gate_in_predictions(tiny_model_dir: Path,
         assert b.decision == "review" and b.unfamiliar
         assert b.group("ivory").decision == "review"
         assert b.group("ivory").probability == a.group("ivory").probability
+    # the bench measures with the gate (default) and without it (--no-open-set)
+    from wildvision.cli import main as cli_main
+
+    for flag, out in (([], "gate"), (["--no-open-set"], "nogate")):
+        assert cli_main(["bench", "-m", str(pkg), "--data", str(manifest), "--split", "val",
+                         "--no-plots", "--bootstrap", "0", "--out", str(tmp_path / out),
+                         *flag]) == 0
+    with_gate, without = (json.loads((tmp_path / o / "metrics.json").read_text(
+        encoding="utf-8"))["models"][0] for o in ("gate", "nogate"))
+    assert with_gate["decisions"]["unfamiliar"]["flaggable_truth"] == 1.0
+    assert "unfamiliar" not in without["decisions"]
+    assert with_gate["headline"]["flag_recall"]["value"] == 0.0
+    assert without["headline"]["flag_recall"]["value"] == 1.0
+    assert "--no-open-set" in json.loads((tmp_path / "nogate" / "metrics.json").read_text(
+        encoding="utf-8"))["provenance"]["command"]
     # -1 switches the gate off
     _edit_card(pkg, familiarity_threshold=-1)
     off = Classifier(pkg).classify(str(val[0]))

@@ -53,6 +53,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--decode-workers", type=int, default=None, help="image decoding threads")
     p.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
     p.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
+    p.add_argument("--no-open-set", dest="open_set", action="store_false",
+                   help="turn the models' open-set gate off (unfamiliar flags stay flags)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="bootstrap resamples for the 95%% CIs (default 1000; 0: none)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
@@ -85,6 +87,8 @@ def _canonical_command(args: argparse.Namespace) -> str:
         parts += ["--backend", args.backend]
     if args.precision != "fp32":
         parts += ["--precision", args.precision]
+    if not args.open_set:
+        parts.append("--no-open-set")
     if args.bootstrap != 1000:
         parts += ["--bootstrap", str(args.bootstrap)]
     if args.seed:
@@ -151,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         args.model, args.data, args.out, data_root=args.data_root, split=args.split,
         suite=args.suite, positive_groups=positive, batch_size=args.batch_size,
         threads=args.threads, decode_workers=args.decode_workers, backend=args.backend,
-        precision=args.precision,
+        precision=args.precision, open_set=args.open_set,
         n_resamples=args.bootstrap, seed=args.seed, plots=not args.no_plots,
         command=_canonical_command(args), progress=progress if show else None,
     )

@@ -36,6 +36,7 @@ def run_bench(
     decode_workers: int | None = None,
     backend: str = "onnx",
     precision: str = "fp32",
+    open_set: bool = True,
     n_resamples: int = 1000,
     seed: int = 0,
     plots: bool = True,
@@ -58,6 +59,7 @@ def run_bench(
         positive_groups: the groups of a binary task ("flag these, not the rest"); default:
             the suite's ``positive_groups``. Adds the ``binary`` metrics block.
         batch_size, threads, decode_workers, backend, precision: inference settings.
+        open_set: ``False`` turns the packages' open-set gate off (``--no-open-set``).
         n_resamples, seed: bootstrap confidence intervals.
         plots: write PNG plots (needs matplotlib).
         command: the command line to record (default: a canonical ``wildvision bench ...``).
@@ -103,6 +105,8 @@ def run_bench(
             parts += ["--split", split]
         if suite:
             parts += ["--suite", suite]
+        if not open_set:
+            parts.append("--no-open-set")
         parts += ["--out", str(out_dir)]
         command = shlex.join(parts)
     run_info = {
@@ -120,6 +124,6 @@ def run_bench(
     pred = predict_to_file(
         [str(m) for m in models], manifest, rows, out / "predictions.jsonl", run_info=run_info,
         batch_size=batch_size, threads=threads, decode_workers=decode_workers, backend=backend,
-        precision=precision, progress=progress,
+        precision=precision, open_set=open_set, progress=progress,
     )
     return render_report(pred, out, n_resamples=n_resamples, seed=seed, plots=plots)

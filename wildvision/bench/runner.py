@@ -208,6 +208,7 @@ def predict_to_file(
     decode_workers: int | None = None,
     backend: str = "onnx",
     precision: str = "fp32",
+    open_set: bool = True,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Path:
     """Classify ``rows`` with each model and write ``predictions.jsonl``.
@@ -218,8 +219,9 @@ def predict_to_file(
         rows: the rows to classify, in order.
         out_path: the ``predictions.jsonl`` to write.
         run_info: the ``run`` record's provenance (manifest, split, suite, command ...).
-        batch_size, threads, decode_workers, backend, precision: see
-            :class:`wildvision.Classifier`.
+        batch_size, threads, decode_workers, backend, precision, open_set: see
+            :class:`wildvision.Classifier` (``open_set=False``: the package's open-set gate
+            off, to measure what it changes).
         progress: called as ``progress(model_key, done, total)``.
 
     Returns:
@@ -235,7 +237,7 @@ def predict_to_file(
     classifiers = []
     for spec in models:
         clf = Classifier(spec, backend=backend, precision=precision, threads=threads,
-                         decode_workers=decode_workers, top_k=10**6)
+                         decode_workers=decode_workers, top_k=10**6, open_set=open_set)
         classifiers.append((spec, clf))
     keys: list[str] = []
     for _spec, clf in classifiers:
@@ -256,6 +258,7 @@ def predict_to_file(
         for key, (spec, clf) in zip(keys, classifiers, strict=True):
             w.write(_model_info(key, clf, {
                 "spec": str(spec), "backend": backend, "precision": precision,
+                "open_set": clf.familiarity is not None,
                 "batch_size": batch_size, "threads": threads,
                 "decode_workers": clf.decode_workers,
             }))
