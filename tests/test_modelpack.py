@@ -226,17 +226,18 @@ def test_card_renders_bench_tables_and_baseline_comparison() -> None:
         label_groups={"ivory_carving": "ivory", "domestic_cat": "benign"},
         preprocess=PreprocessConfig(input_size=64),
         metrics={"reference_test": _bench_block(0.9, 0.7),
-                 "baseline_zero_shot": _bench_block(0.6, None)},
+                 "baseline_zero_shot": _bench_block(0.6, None),
+                 "previous_v0": _bench_block(0.8, 0.6)},
         extra={"metric_blocks": {"baseline_zero_shot": "(a) no training"},
                "model_choice": "Chosen because it is small."},
     )
     md = render_card(card)
     # the comparison: one column per block, reference last, intervals kept
     assert "- `baseline_zero_shot`: (a) no training" in md
-    assert ("| macro_f1_group | 0.6000 [0.5000, 0.6100] | 0.9000 [0.8000, 0.9100] |"
-            in md)
+    assert ("| macro_f1_group | 0.6000 [0.5000, 0.6100] | 0.8000 [0.7000, 0.8100] | "
+            "0.9000 [0.8000, 0.9100] |" in md)  # a previous_* version sits beside the baselines
     # a group the baseline has no label in shows as a dash, not as 0
-    assert "| ivory: recall_at_precision_0.95 | — | 0.7000 |" in md
+    assert "| ivory: recall_at_precision_0.95 | — | 0.6000 | 0.7000 |" in md
     # the per-block section is a table with provenance, not a JSON dump
     assert "| macro_f1_group | 0.9000 | [0.8000, 0.9100] |" in md
     assert "15 of 15 images evaluated, 0 failed" in md

@@ -13,6 +13,9 @@
     # 4. bench runs (see training/README.md), then put their numbers in the card:
     python training/ship_default.py metrics wildvision/models/wildvision-base \
         reference_test=runs/bench/base-v1 ...
+    # card text edited later (the JSON of step 1): re-render it, files and numbers unchanged
+    python training/ship_default.py text wildvision/models/wildvision-base \
+        --extra training/wildvision-base-v1.card-extra.json
 
 Every number written into the card comes from a ``metrics.json`` written by
 ``wildvision bench`` (its command, data, manifest hash and commit travel with it).
@@ -50,9 +53,18 @@ def copy(run_package: Path, out: Path, extra_json: Path | None) -> None:
     print(f"shipped {run_package} -> {out}")
 
 
-def metrics(package: Path, benches: list[str]) -> None:
+def text(package: Path, extra_json: Path) -> None:
     pkg = load_package(package)
-    m: dict[str, Any] = dict(pkg.card.metrics)
+    extra = dict(pkg.card.extra)
+    extra.update(json.loads(extra_json.read_text(encoding="utf-8")))
+    write_card(package, pkg.card.with_updates(extra=extra), rehash=False)
+    load_package(package)
+    print(f"{package}: card text from {extra_json}")
+
+
+def metrics(package: Path, benches: list[str], drop: list[str] | None = None) -> None:
+    pkg = load_package(package)
+    m: dict[str, Any] = {k: v for k, v in pkg.card.metrics.items() if k not in (drop or ())}
     for spec in benches:
         key, _, path = spec.partition("=")
         mj = Path(path)
@@ -76,12 +88,19 @@ def main() -> None:
     c.add_argument("--extra", type=Path, help="JSON of card.extra fields to add (card text)")
     mt = sub.add_parser("metrics")
     mt.add_argument("package", type=Path)
-    mt.add_argument("benches", nargs="+", metavar="KEY=BENCH_DIR")
+    mt.add_argument("benches", nargs="*", metavar="KEY=BENCH_DIR")
+    mt.add_argument("--drop", nargs="+", default=[], metavar="KEY",
+                    help="metric blocks to remove (e.g. of a replaced baseline)")
+    tx = sub.add_parser("text")
+    tx.add_argument("package", type=Path)
+    tx.add_argument("--extra", type=Path, required=True)
     a = ap.parse_args()
     if a.cmd == "copy":
         copy(a.run_package, a.out, a.extra)
+    elif a.cmd == "text":
+        text(a.package, a.extra)
     else:
-        metrics(a.package, a.benches)
+        metrics(a.package, a.benches, a.drop)
 
 
 if __name__ == "__main__":

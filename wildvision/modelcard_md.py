@@ -144,7 +144,7 @@ _COMPARE_GROUP = ("flag_precision", "flag_recall", "flag_f1", "argmax_f1",
                   "recall_at_precision_0.95")
 
 
-def _comparison_md(metrics: Mapping[str, Any], reference: str, prefix: str,
+def _comparison_md(metrics: Mapping[str, Any], reference: str, prefix: str | tuple[str, ...],
                    names: Mapping[str, str]) -> str:
     """The ``reference`` bench block beside every ``prefix*`` block (same data, same bench):
     one column per model, values with their 95% intervals."""
@@ -229,7 +229,8 @@ def render_card(card: ModelCard) -> str:
                              if isinstance(blocks, Mapping) else {})
     md += _section("Model choice", str(ex.get("model_choice", "")))
     md += _section("Baselines on the same test split",
-                   _comparison_md(card.metrics, "reference_test", "baseline_", names))
+                   _comparison_md(card.metrics, "reference_test", ("baseline_", "previous_"),
+                                  names))
     md += _section("Out of distribution", str(ex.get("out_of_distribution", "")) + "\n\n"
                    + _comparison_md(card.metrics, "reference_test", "loso_", names))
     md += _section("Metrics", _metrics_md(card.metrics))
