@@ -19,15 +19,16 @@ __all__ = ["add_familiarity"]
 
 
 def _embed(clf: Any, paths: Sequence[str], what: str, show: bool
-           ) -> tuple[list[int], np.ndarray, list[Any]]:
-    """Indices of the images that worked, their embeddings, and their predictions."""
-    keep, embs, preds = [], [], []
+           ) -> tuple[list[int], np.ndarray, list[tuple[str, ...]]]:
+    """Indices of the images that worked, their embeddings, and the groups each is flagged
+    for (only those: a whole Prediction carries its embedding again as Python floats)."""
+    keep, embs, flagged = [], [], []
     failed = 0
     for i, r in enumerate(clf.iter_classify(paths, batch_size=32)):
         if r.ok:
             keep.append(i)
             embs.append(np.asarray(r.embedding, dtype=np.float32))
-            preds.append(r)
+            flagged.append(r.flagged_groups)
         else:
             failed += 1
         if show and (i + 1) % 1000 == 0:
@@ -37,7 +38,7 @@ def _embed(clf: Any, paths: Sequence[str], what: str, show: bool
               file=sys.stderr)
     if not embs:
         raise DataError(f"familiarity: no readable {what} image")
-    return keep, np.stack(embs), preds
+    return keep, np.stack(embs), flagged
 
 
 def add_familiarity(package_dir: str | os.PathLike[str], manifest: str | os.PathLike[str], *,
@@ -63,14 +64,15 @@ def add_familiarity(package_dir: str | os.PathLike[str], manifest: str | os.Path
                           f"{len(val)} {val_split!r} rows; both are needed")
     clf = Classifier(pkg, return_embedding=True, open_set=False)
     _k, x_train, _p = _embed(clf, [os.fspath(m.abs_path(r)) for r in train], train_split, show)
-    keep, x_val, preds = _embed(clf, [os.fspath(m.abs_path(r)) for r in val], val_split, show)
+    keep, x_val, flagged = _embed(clf, [os.fspath(m.abs_path(r)) for r in val], val_split,
+                                  show)
     # the true group: of the row's fine label in this model, else the manifest's group column
     truth = [pkg.card.label_groups.get(r.fine_label) or pkg.card.label_groups.get(r.label)
              or r.group for r in val]
     positives = {}
     for g in pkg.card.thresholds:
-        rows = [j for j, (i, p) in enumerate(zip(keep, preds, strict=True))
-                if truth[i] == g and g in p.flagged_groups]
+        rows = [j for j, (i, fl) in enumerate(zip(keep, flagged, strict=True))
+                if truth[i] == g and g in fl]
         positives[g] = x_val[rows]
     gate, built = build_familiarity(x_train, positives, dims=dims, quantile=quantile)
     record: dict[str, Any] = dict(built)
