@@ -30,9 +30,17 @@ from pathlib import Path
 from typing import Any
 
 from wildvision.bench import card_metrics
-from wildvision.modelpack import load_package, write_card
+from wildvision.modelpack import ModelCard, load_package, write_card
 
 SHIPPED_FILES = ("model.onnx", "model.int8.onnx", "familiarity.npz")
+
+
+def _with_extra(card: ModelCard, extra_json: Path | None) -> ModelCard:
+    """The card with the card-text fields of ``extra_json`` merged into ``card.extra``."""
+    extra = dict(card.extra)
+    if extra_json is not None:
+        extra.update(json.loads(extra_json.read_text(encoding="utf-8")))
+    return card.with_updates(extra=extra)
 
 
 def copy(run_package: Path, out: Path, extra_json: Path | None) -> None:
@@ -44,20 +52,14 @@ def copy(run_package: Path, out: Path, extra_json: Path | None) -> None:
     for name in SHIPPED_FILES:
         if name in pkg.card.files:
             shutil.copy2(run_package / name, out / name)
-    extra = dict(pkg.card.extra)
-    if extra_json is not None:
-        extra.update(json.loads(extra_json.read_text(encoding="utf-8")))
-    card = pkg.card.with_updates(extra=extra)
-    write_card(out, card)
+    write_card(out, _with_extra(pkg.card, extra_json))
     load_package(out)  # verify what we wrote
     print(f"shipped {run_package} -> {out}")
 
 
 def text(package: Path, extra_json: Path) -> None:
     pkg = load_package(package)
-    extra = dict(pkg.card.extra)
-    extra.update(json.loads(extra_json.read_text(encoding="utf-8")))
-    write_card(package, pkg.card.with_updates(extra=extra), rehash=False)
+    write_card(package, _with_extra(pkg.card, extra_json), rehash=False)
     load_package(package)
     print(f"{package}: card text from {extra_json}")
 

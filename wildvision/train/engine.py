@@ -790,7 +790,7 @@ def _add_open_set(pkg: Path, manifest: str | os.PathLike[str],
     log.info("open-set gate: thresholds %s from %s correctly flagged validation images, "
              "%d references (%.1f s)", rec["thresholds"], rec["validation_positives"],
              rec["references"], time.perf_counter() - t0)
-    return load_package(pkg).card
+    return load_package(pkg, verify=False).card  # add_familiarity verified what it wrote
 
 
 # ---------------------------------------------------------------------------------------------
