@@ -179,6 +179,10 @@ def test_model_lacking_a_group_and_a_fine_label() -> None:
     assert pg["covered"] is False and pg["support"] == 2 and pg["average_precision"] is None
     # pangolin images still count: p1 is an ivory false positive, p2 a benign one
     assert b["groups"]["ivory"]["argmax"]["precision"] == pytest.approx(1 / 4)  # a of a,c,p1,h1
+    # the argmax values carry bootstrap intervals around them (flaggable groups)
+    for k, v in b["groups"]["ivory"]["argmax"].items():
+        lo, hi = b["groups"]["ivory"]["argmax_ci95"][k]
+        assert lo <= v <= hi and lo < hi
     # the macro average leaves the uncovered group out
     assert b["headline"]["macro_f1_group"]["value"] == pytest.approx(
         np.mean([b["groups"][g]["argmax"]["f1"] for g in
@@ -246,6 +250,8 @@ def test_comparison_of_a_model_with_itself_and_card_metrics(tmp_path: Path) -> N
     p, r = iv["flag_precision"]["value"], iv["flag_recall"]["value"]
     assert iv["flag_f1"]["value"] == pytest.approx(2 * p * r / (p + r))
     assert 0.0 <= iv["argmax_f1"] <= 1.0
+    lo, hi = iv["argmax_f1_ci95"]
+    assert lo <= iv["argmax_f1"] <= hi
     with pytest.raises(DataError, match="no model"):
         card_metrics(metrics, "other")
     with pytest.raises(DataError, match="schema"):

@@ -210,6 +210,7 @@ def _bench_block(macro: float, ivory_r95: float | None) -> dict[str, object]:
     if ivory_r95 is not None:
         groups["ivory"] = {"support": 5, "flag_precision": {"value": 0.8, "ci95": [0.5, 1.0]},
                            "flag_recall": {"value": 0.6, "ci95": [0.2, 1.0]},
+                           "argmax_f1": ivory_r95 + 0.1, "argmax_f1_ci95": [0.5, 0.95],
                            "recall_at_precision_0.95": ivory_r95}
     return {"source": "wildvision bench", "command": "wildvision bench -m X --split test",
             "data": {"manifest": "m.csv", "manifest_sha256": "ab" * 32, "split": "test",
@@ -238,6 +239,8 @@ def test_card_renders_bench_tables_and_baseline_comparison() -> None:
             "0.9000 [0.8000, 0.9100] |" in md)  # a previous_* version sits beside the baselines
     # a group the baseline has no label in shows as a dash, not as 0
     assert "| ivory: recall_at_precision_0.95 | — | 0.6000 | 0.7000 |" in md
+    # an argmax F1 is shown with the interval that card_metrics keeps beside it
+    assert "| ivory: argmax_f1 | — | 0.7000 [0.5000, 0.9500] | 0.8000 [0.5000, 0.9500] |" in md
     # the per-block section is a table with provenance, not a JSON dump
     assert "| macro_f1_group | 0.9000 | [0.8000, 0.9100] |" in md
     assert "15 of 15 images evaluated, 0 failed" in md

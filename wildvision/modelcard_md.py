@@ -40,6 +40,13 @@ def _ci(v: Any) -> tuple[str, str]:
     return _fmt(v), ""
 
 
+def _entry(m: Mapping[str, Any], key: str) -> Any:
+    """``m[key]``, paired with its interval when ``m`` keeps that apart (``key_ci95``)."""
+    v = m.get(key)
+    ci = m.get(f"{key}_ci95")
+    return {"value": v, "ci95": ci} if v is not None and ci is not None else v
+
+
 def _ci_cell(v: Any, missing: str = "") -> str:
     """``"value [lo, hi]"`` in one table cell; ``missing`` when there is no value."""
     return " ".join(x for x in _ci(v) if x) if v is not None else missing
@@ -78,7 +85,7 @@ def _bench_md(block: Mapping[str, Any]) -> str:
             rows.append([g, _fmt(m.get("support", "")), *(
                 _ci_cell(m.get(k))
                 for k in ("average_precision", "flag_precision", "flag_recall", "flag_f1")),
-                _fmt(m.get("argmax_f1", "")),
+                _ci_cell(_entry(m, "argmax_f1")),
                 _fmt(m.get("flag_threshold", "")),
                 *(_fmt(m.get(f"recall_at_precision_{p}", "")) for p in ("0.90", "0.95", "0.99"))])
         out.append("Per group (flag = the card's flag threshold):\n\n" + _table(
@@ -164,7 +171,7 @@ def _comparison_md(metrics: Mapping[str, Any], reference: str, prefix: str | tup
     groups = [g for g in (ref.get("groups") or {})]
     for g in groups:
         for m in _COMPARE_GROUP:
-            rows.append([f"{g}: {m}", *(cell(((b.get("groups") or {}).get(g) or {}).get(m))
+            rows.append([f"{g}: {m}", *(cell(_entry((b.get("groups") or {}).get(g) or {}, m))
                                         for b in blocks)])
     rows = [r for r in rows if any(c != "—" for c in r[1:])]
     legend = "\n".join(f"- `{k}`: {names.get(k, k)}" for k in cols)

@@ -252,6 +252,9 @@ def _stat_fn(d: EvalData) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
                 out[f"{g}/flag_precision"] = pr["precision"]
                 out[f"{g}/flag_recall"] = pr["recall"]
                 out[f"{g}/flag_f1"] = pr["f1"]
+                pa = M.precision_recall_f1(d.true_g == i, d.pred_g == i, W)
+                for k in ("precision", "recall", "f1"):
+                    out[f"{g}/argmax_{k}"] = pa[k]
         return out
 
     return stat
@@ -334,6 +337,9 @@ def _group_block(d: EvalData, est: Mapping[str, M.Estimate], thresholds: Mapping
         if g in FLAGGABLE_GROUPS:
             th = thresholds.get(g) or {}
             block["thresholds"] = {"flag": _f(th.get("flag")), "review": _f(th.get("review"))}
+            # the interval of each "argmax" value above (same bootstrap as every interval)
+            block["argmax_ci95"] = {k: est[f"{g}/argmax_{k}"].to_dict()["ci95"]
+                                    for k in ("precision", "recall", "f1")}
             block["at_threshold"] = {
                 "precision": est[f"{g}/flag_precision"].to_dict(),
                 "recall": est[f"{g}/flag_recall"].to_dict(),

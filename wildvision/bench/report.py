@@ -251,7 +251,9 @@ def _model_section(b: Mapping[str, Any], plots: Mapping[str, str], n_resamples: 
                 _fmt(th.get("flag")) if th else "–",
                 _ci(at.get("precision")), _ci(at.get("recall")), _fmt(at.get("f1")),
                 *[_fmt((rap.get(f"{t:.2f}") or {}).get("recall")) for t in PRECISION_TARGETS],
-                _fmt(gb["argmax"]["f1"]), _fmt(gb.get("ece")),
+                _ci({"value": gb["argmax"]["f1"],
+                     "ci95": (gb.get("argmax_ci95") or {}).get("f1")}),
+                _fmt(gb.get("ece")),
             ])
         L += _table(["group", "n", "AP", "ROC-AUC", "flag thr", "flag P", "flag R", "flag F1",
                      "R@P.90", "R@P.95", "R@P.99", "argmax F1", "ECE"], rows)
@@ -532,6 +534,8 @@ def card_metrics(metrics_json: str | os.PathLike[str] | Mapping[str, Any],
             entry["flag_f1"] = at["f1"]
         if gb.get("argmax"):
             entry["argmax_f1"] = gb["argmax"]["f1"]
+            if gb.get("argmax_ci95"):
+                entry["argmax_f1_ci95"] = gb["argmax_ci95"]["f1"]
         for t, v in (gb.get("recall_at_precision") or {}).items():
             entry[f"recall_at_precision_{t}"] = v["recall"]
         groups[g] = entry
