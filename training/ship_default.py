@@ -13,6 +13,10 @@
     # 4. bench runs (see training/README.md), then put their numbers in the card:
     python training/ship_default.py metrics wildvision/models/wildvision-base \
         reference_test=runs/bench/base-v1 ...
+    # 5. blocks measured on an earlier version's card (baselines, LOSO runs of other
+    #    recipes): carried over with their provenance, under a new key if given
+    python training/ship_default.py carry wildvision/models/wildvision-base \
+        --from runs/pkg-1.3.0 baseline_linear_probe_lite1=baseline_linear_probe ...
     # card text edited later (the JSON of step 1): re-render it, files and numbers unchanged
     python training/ship_default.py text wildvision/models/wildvision-base \
         --extra training/wildvision-base-v1.card-extra.json
@@ -80,6 +84,25 @@ def metrics(package: Path, benches: list[str], drop: list[str] | None = None) ->
     print(f"{package}: metrics {', '.join(k for k in m)}")
 
 
+def carry(package: Path, source: Path, specs: list[str]) -> None:
+    """Copy metric blocks from the card of ``source`` (``NEW=OLD`` or ``KEY``) into
+    ``package``'s card: blocks written by ``wildvision bench`` keep their own command, data,
+    manifest hash, model version and commit, so they stay traceable on the new card."""
+    pkg = load_package(package)
+    old = load_package(source, verify=False).card.metrics
+    m: dict[str, Any] = dict(pkg.card.metrics)
+    for spec in specs:
+        new, _, key = spec.partition("=")
+        key = key or new
+        if key not in old:
+            raise SystemExit(f"{source}: no metric block {key!r} (has: {', '.join(old)})")
+        if new in m:
+            raise SystemExit(f"{package}: already has a metric block {new!r}")
+        m[new] = old[key]
+    write_card(package, pkg.card.with_updates(metrics=m), rehash=False)
+    print(f"{package}: carried {', '.join(specs)} from {source}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,12 +116,19 @@ def main() -> None:
     mt.add_argument("benches", nargs="*", metavar="KEY=BENCH_DIR")
     mt.add_argument("--drop", nargs="+", default=[], metavar="KEY",
                     help="metric blocks to remove (e.g. of a replaced baseline)")
+    ca = sub.add_parser("carry")
+    ca.add_argument("package", type=Path)
+    ca.add_argument("--from", dest="source", type=Path, required=True,
+                    help="model package whose card holds the blocks")
+    ca.add_argument("blocks", nargs="+", metavar="NEW=OLD")
     tx = sub.add_parser("text")
     tx.add_argument("package", type=Path)
     tx.add_argument("--extra", type=Path, required=True)
     a = ap.parse_args()
     if a.cmd == "copy":
         copy(a.run_package, a.out, a.extra)
+    elif a.cmd == "carry":
+        carry(a.package, a.source, a.blocks)
     elif a.cmd == "text":
         text(a.package, a.extra)
     else:
