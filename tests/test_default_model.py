@@ -98,3 +98,12 @@ def test_card_numbers_are_reproduced_by_the_bench_command(
         assert math.isclose(value, entry["value"], abs_tol=1e-6), key
         for a, b in zip(fresh["headline"][key]["ci95"], entry["ci95"], strict=True):
             assert math.isclose(a, b, abs_tol=1e-6), key
+    # the per-group numbers the targets are stated in (ivory F1 and its interval)
+    for g, entry in shipped["groups"].items():
+        for key in ("flag_f1", "argmax_f1", "argmax_f1_ci95", "recall_at_precision_0.95"):
+            if key not in entry:
+                continue
+            want, got = entry[key], fresh["groups"][g][key]
+            if isinstance(want, dict):
+                want, got = [want["value"], *want["ci95"]], [got["value"], *got["ci95"]]
+            assert got == pytest.approx(want, abs=1e-6), (g, key)
