@@ -248,13 +248,11 @@ def _stat_fn(d: EvalData) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
             i = d.groups.index(g)
             out[f"{g}/average_precision"], out[f"{g}/roc_auc"] = c.ap_auc(W)
             if g in FLAGGABLE_GROUPS:
-                pr = M.precision_recall_f1(d.true_g == i, d.gdec[:, i] == FLAG, W)
-                out[f"{g}/flag_precision"] = pr["precision"]
-                out[f"{g}/flag_recall"] = pr["recall"]
-                out[f"{g}/flag_f1"] = pr["f1"]
-                pa = M.precision_recall_f1(d.true_g == i, d.pred_g == i, W)
-                for k in ("precision", "recall", "f1"):
-                    out[f"{g}/argmax_{k}"] = pa[k]
+                pos = d.true_g == i
+                for rule, pred in (("flag", d.gdec[:, i] == FLAG), ("argmax", d.pred_g == i)):
+                    pr = M.precision_recall_f1(pos, pred, W)
+                    for k in ("precision", "recall", "f1"):
+                        out[f"{g}/{rule}_{k}"] = pr[k]
         return out
 
     return stat
