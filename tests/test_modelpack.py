@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from wildvision.errors import ConfigError, ModelIntegrityError
-from wildvision.modelcard_md import render_card
+from wildvision.modelcard_md import render_card, write_card
 from wildvision.modelpack import (
     CARD_FORMAT,
     ModelCard,
@@ -19,7 +19,6 @@ from wildvision.modelpack import (
     Thresholds,
     load_package,
     sha256_file,
-    write_card,
 )
 from wildvision.preprocess import PreprocessConfig
 from wildvision.taxonomy import GROUP_NAMES
@@ -246,3 +245,14 @@ def test_card_renders_bench_tables_and_baseline_comparison() -> None:
     assert "15 of 15 images evaluated, 0 failed" in md
     assert "## Model choice\n\nChosen because it is small." in md
     assert '{"value"' not in md
+
+
+def test_thresholds_parse_overrides() -> None:
+    from wildvision.modelpack import Thresholds
+
+    assert Thresholds.parse(["ivory=0.9:0.5", "pangolin_scales=0.8"]) == {
+        "ivory": {"flag": 0.9, "review": 0.5}, "pangolin_scales": {"flag": 0.8}}
+    assert Thresholds.parse(["ivory=0.9", "ivory=0.7"]) == {"ivory": {"flag": 0.7}}
+    for bad in ("ivory", "ivory=x", "ivory=0.9:y"):
+        with pytest.raises(ConfigError, match="GROUP=FLAG"):
+            Thresholds.parse([bad])

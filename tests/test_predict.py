@@ -301,7 +301,7 @@ def test_module_api_sees_a_re_exported_model(tiny_model_dir: Path, tmp_path: Pat
     retraining loop in a notebook) and a changed default model are picked up."""
     import shutil
 
-    from wildvision.modelpack import write_card
+    from wildvision.modelcard_md import write_card
 
     folder = tmp_path / "models" / "retrained"
     shutil.copytree(tiny_model_dir, folder)

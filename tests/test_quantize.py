@@ -13,7 +13,8 @@ import pytest
 
 from wildvision.cli import main
 from wildvision.errors import ConfigError, ModelIntegrityError
-from wildvision.modelpack import load_package, sha256_file, write_card
+from wildvision.modelcard_md import write_card
+from wildvision.modelpack import load_package, sha256_file
 from wildvision.predict import Classifier, Prediction
 
 from conftest import encode, photo_like

@@ -9,7 +9,8 @@ from types import ModuleType
 
 import pytest
 
-from wildvision.modelpack import load_package, write_card
+from wildvision.modelcard_md import write_card
+from wildvision.modelpack import load_package
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = Path(__file__).parent / "data" / "tiny-model"

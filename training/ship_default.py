@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from wildvision.bench import card_metrics
-from wildvision.modelpack import ModelCard, load_package, write_card
+from wildvision.modelcard_md import write_card
+from wildvision.modelpack import ModelCard, load_package
 
 SHIPPED_FILES = ("model.onnx", "model.int8.onnx", "familiarity.npz")
 

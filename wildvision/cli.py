@@ -16,19 +16,18 @@ import importlib
 import io
 import json
 import sys
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from ._version import __version__
 from .errors import ConfigError, WildvisionError
+from .imaging import IMAGE_EXTENSIONS, collect_inputs
+from .modelpack import Thresholds
+from .progress import Progress
 
 __all__ = ["IMAGE_EXTENSIONS", "collect_inputs", "main"]
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".mpo"}
-)
 # Subcommands living in subpackages: name -> module exposing register(subparsers).
 _PLUGINS = {
     "data": "wildvision.data._cli",
@@ -42,71 +41,6 @@ CSV_FIELDS = (
     "top_label_probability", "group_probabilities", "familiarity", "unfamiliar", "model",
     "model_version", "image_sha256", "width", "height", "error_type", "message",
 )
-
-
-class Progress:
-    """A minimal progress line on stderr (no dependency), shown for long runs on a terminal."""
-
-    def __init__(self, total: int | None, enabled: bool, stream: TextIO | None = None) -> None:
-        self.total, self.enabled = total, enabled
-        self.stream = stream or sys.stderr
-        self.n = self.failed = 0
-        self.t0 = time.perf_counter()
-        self._last = 0.0
-
-    def update(self, ok: bool) -> None:
-        self.n += 1
-        self.failed += 0 if ok else 1
-        now = time.perf_counter()
-        if self.enabled and (now - self._last > 0.5 or self.n == self.total):
-            self._last = now
-            rate = self.n / max(now - self.t0, 1e-9)
-            total = f"/{self.total}" if self.total else ""
-            self.stream.write(
-                f"\r{self.n}{total} images, {self.failed} failed, {rate:.1f} img/s"
-            )
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.n:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def collect_inputs(paths: Sequence[str], recursive: bool = False) -> list[str]:
-    """Expand folders into their image files (sorted); files are kept as given, even when
-    missing, so that every input the user named gets a result."""
-    out: list[str] = []
-    for p in paths:
-        path = Path(p)
-        if path.is_dir():
-            it: Iterable[Path] = path.rglob("*") if recursive else path.iterdir()
-            files = sorted(
-                str(f) for f in it
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-                and not any(part.startswith(".") for part in f.relative_to(path).parts)
-            )
-            out.extend(files)
-        else:
-            out.append(p)
-    return out
-
-
-def _parse_thresholds(values: Sequence[str]) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
-    for v in values:
-        try:
-            group, spec = v.split("=", 1)
-            parts = spec.split(":")
-            entry = {"flag": float(parts[0])}
-            if len(parts) > 1:
-                entry["review"] = float(parts[1])
-            out[group] = entry
-        except ValueError:
-            raise ConfigError(
-                f"--threshold {v!r}: expected GROUP=FLAG or GROUP=FLAG:REVIEW, e.g. ivory=0.9:0.5"
-            ) from None
-    return out
 
 
 def _row_csv(d: dict[str, Any]) -> dict[str, Any]:
@@ -222,7 +156,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     if not paths:
         raise ConfigError("no inputs: give image files or folders (or --files-from)")
     inputs = collect_inputs(paths, args.recursive)
-    thresholds = _parse_thresholds(args.threshold or [])
+    thresholds = Thresholds.parse(args.threshold or [])
     # Load the model before touching the output file: a bad model or option leaves it intact.
     clf = Classifier(
         args.model, backend=args.backend, precision=args.precision, threads=args.threads,

@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from struct import error as struct_error  # raised by some Pillow plugins on garbage
@@ -24,9 +25,11 @@ from .errors import ImageTooLargeError, InvalidImageError, UnsupportedFormatErro
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
     "SUPPORTED_FORMATS",
     "DecodedImage",
     "ImageSource",
+    "collect_inputs",
     "decode_image",
     "load_image",
     "source_name",
@@ -40,6 +43,10 @@ DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 # Formats a seller's upload can reasonably be in. Anything else Pillow happens to read
 # (ICO, PSD, EPS via ghostscript ...) is refused rather than guessed at.
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF"})
+# File name endings of those formats: what a folder given as input is expanded to.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".mpo"}
+)
 # What Pillow's decoders raise on corrupt data (plugins are not consistent about it). Anything
 # else (MemoryError, KeyboardInterrupt ...) is not a property of the file and propagates.
 _DECODER_ERRORS = (
@@ -316,3 +323,32 @@ def load_image(
     return decode_image(
         source, max_pixels=max_pixels, max_bytes=max_bytes, draft_size=draft_size
     ).image
+
+
+def collect_inputs(paths: Sequence[str | os.PathLike[str]], recursive: bool = False
+                   ) -> list[str]:
+    """Expand folders into their image files (:data:`IMAGE_EXTENSIONS`, sorted, hidden files
+    and folders skipped); files are kept as given, even when missing, so that every input the
+    user named gets a result.
+
+    Args:
+        paths: image files and folders.
+        recursive: descend into sub-folders.
+
+    Returns:
+        The inputs, each folder replaced by its image files.
+    """
+    out: list[str] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            it: Iterable[Path] = path.rglob("*") if recursive else path.iterdir()
+            files = sorted(
+                str(f) for f in it
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in f.relative_to(path).parts)
+            )
+            out.extend(files)
+        else:
+            out.append(os.fspath(p))
+    return out

@@ -1,15 +1,18 @@
-"""Render a model package's human ``README.md`` from its ``card.json`` (never typed by hand)."""
+"""Write a model package's ``card.json`` and render its human ``README.md`` from it (never
+typed by hand)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from .modelpack import ModelCard
+from .modelpack import WEIGHT_SUFFIXES, ModelCard, sha256_file
 from .taxonomy import GROUP_NAMES, fine_label
 
-__all__ = ["render_card"]
+__all__ = ["render_card", "write_card"]
 
 
 def _fmt(v: Any) -> str:
@@ -251,3 +254,23 @@ def render_card(card: ModelCard) -> str:
         + f"\n\nLicence of the weights: {card.license}",
     )
     return md
+
+
+def write_card(package_dir: str | Path, card: ModelCard, *, rehash: bool = True) -> ModelCard:
+    """Write ``card.json`` (and a rendered ``README.md``), hashing the weight files present.
+
+    Returns the card as written (with ``files`` filled in when ``rehash``).
+    """
+    root = Path(package_dir)
+    if rehash:
+        files = {
+            p.name: sha256_file(p)
+            for p in sorted(root.iterdir())
+            if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)
+        }
+        card = replace(card, files=files)
+    (root / "card.json").write_text(
+        json.dumps(card.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8"
+    )
+    (root / "README.md").write_text(render_card(card), encoding="utf-8")
+    return card

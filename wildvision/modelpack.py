@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +30,6 @@ __all__ = [
     "Thresholds",
     "load_package",
     "sha256_file",
-    "write_card",
 ]
 
 CARD_FORMAT = 1
@@ -63,6 +62,32 @@ class Thresholds:
 
     def to_dict(self) -> dict[str, float]:
         return {"flag": self.flag, "review": self.review}
+
+    @staticmethod
+    def parse(specs: Sequence[str]) -> dict[str, dict[str, float]]:
+        """Per-group overrides from ``GROUP=FLAG`` or ``GROUP=FLAG:REVIEW`` strings (the
+        ``--threshold`` option), e.g. ``["ivory=0.9:0.5"]`` -> ``{"ivory": {"flag": 0.9,
+        "review": 0.5}}``; a later spec of a group replaces an earlier one. The values are
+        checked against a model's groups and defaults when a classifier applies them.
+
+        Raises:
+            ConfigError: a spec that does not have that form.
+        """
+        out: dict[str, dict[str, float]] = {}
+        for v in specs:
+            try:
+                group, spec = v.split("=", 1)
+                parts = spec.split(":")
+                entry = {"flag": float(parts[0])}
+                if len(parts) > 1:
+                    entry["review"] = float(parts[1])
+                out[group] = entry
+            except ValueError:
+                raise ConfigError(
+                    f"--threshold {v!r}: expected GROUP=FLAG or GROUP=FLAG:REVIEW, e.g. "
+                    "ivory=0.9:0.5"
+                ) from None
+        return out
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -285,25 +310,3 @@ def load_package(path: str | Path, *, verify: bool = True) -> ModelPackage:
                     f"{actual[:12]}…); the package is corrupt or was modified"
                 )
     return ModelPackage(root, card)
-
-
-def write_card(package_dir: str | Path, card: ModelCard, *, rehash: bool = True) -> ModelCard:
-    """Write ``card.json`` (and a rendered ``README.md``), hashing the weight files present.
-
-    Returns the card as written (with ``files`` filled in when ``rehash``).
-    """
-    root = Path(package_dir)
-    if rehash:
-        files = {
-            p.name: sha256_file(p)
-            for p in sorted(root.iterdir())
-            if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)
-        }
-        card = replace(card, files=files)
-    (root / "card.json").write_text(
-        json.dumps(card.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8"
-    )
-    from .modelcard_md import render_card
-
-    (root / "README.md").write_text(render_card(card), encoding="utf-8")
-    return card

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..modelpack import load_package, write_card
+from ..modelcard_md import write_card
+from ..modelpack import load_package
 from ..openset import FAMILIARITY_FILE, build_familiarity
 
 __all__ = ["add_familiarity"]

@@ -28,7 +28,8 @@ import numpy as np
 
 from ..errors import ConfigError, MissingExtraError, WildvisionError
 from ..imaging import decode_image
-from ..modelpack import ModelCard, ModelPackage, load_package, write_card
+from ..modelcard_md import write_card
+from ..modelpack import ModelCard, ModelPackage, load_package
 from ..preprocess import preprocess_image
 from ..runtime import OnnxBackend
 

@@ -38,8 +38,9 @@ def run_classify(args: argparse.Namespace) -> int:
     """Run ``wildvision classify --engine ray``; returns the exit status (1 if any input
     failed). Output: one Parquet file, one row per input (see
     :func:`wildvision.scale.result_schema`), in completion order."""
-    from ..cli import Progress, _parse_thresholds
     from ..errors import ConfigError, MissingExtraError
+    from ..modelpack import Thresholds
+    from ..progress import Progress
 
     out = args.output
     if not out or out == "-" or not out.endswith(".parquet"):
@@ -59,7 +60,7 @@ def run_classify(args: argparse.Namespace) -> int:
         raise MissingExtraError("ray[data] and pyarrow", "scale", "--engine ray") from e
     from ._ray import classify_dataset, expand_inputs, result_schema
 
-    thresholds = _parse_thresholds(args.threshold or [])
+    thresholds = Thresholds.parse(args.threshold or [])
     threads = args.threads or 1
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlparse
 
-from ..cli import IMAGE_EXTENSIONS, collect_inputs
 from ..errors import ConfigError, MissingExtraError, ModelIntegrityError
+from ..imaging import IMAGE_EXTENSIONS, collect_inputs
 from ..modelpack import ModelCard, ModelPackage
 from ..predict import Classifier, Failure, Prediction, Result
 from ..registry import resolve_model

@@ -74,9 +74,9 @@ def build_config(args: argparse.Namespace) -> Any:
     Raises:
         ConfigError: invalid option values.
     """
-    from ..cli import _parse_thresholds
     from ..errors import ConfigError
     from ..imaging import DEFAULT_MAX_PIXELS
+    from ..modelpack import Thresholds
     from ._config import ServeConfig
 
     if args.workers < 1:
@@ -91,7 +91,7 @@ def build_config(args: argparse.Namespace) -> Any:
         precision=args.precision,
         threads=args.threads,
         decode_workers=args.decode_workers,
-        thresholds=_parse_thresholds(args.threshold or []) or None,
+        thresholds=Thresholds.parse(args.threshold or []) or None,
         top_k=args.top_k,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, WildvisionError
-from ..modelpack import ModelCard, ModelPackage, Thresholds, load_package, sha256_file, write_card
+from ..modelcard_md import write_card
+from ..modelpack import ModelCard, ModelPackage, Thresholds, load_package, sha256_file
 from ..preprocess import PreprocessConfig
 from ..taxonomy import FINE_LABELS, FLAGGABLE_GROUPS, GROUP_NAMES, group_of
 from ..torch_model import WildvisionNet, export_onnx

@@ -41,7 +41,8 @@ from ..calibration import (
     thresholds_from_reports,
 )
 from ..errors import ConfigError, ModelIntegrityError
-from ..modelpack import ModelCard, Thresholds, load_package, write_card
+from ..modelcard_md import write_card
+from ..modelpack import ModelCard, Thresholds, load_package
 from ..preprocess import PreprocessConfig, normalize
 from ..taxonomy import FLAGGABLE_GROUPS, GROUP_NAMES
 from ..torch_model import WildvisionNet, export_onnx, load_state_file, save_state_file
