@@ -6,6 +6,7 @@ Everything but the last test needs only the committed files, not the photos.
 from __future__ import annotations
 
 import json
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -47,13 +48,67 @@ def test_committed_split_has_no_duplicate_across_splits(ref: Manifest) -> None:
     assert leakage(rows, DEFAULT_PHASH_THRESHOLD).total == 0
 
 
-def test_committed_split_is_reproducible(ref: Manifest) -> None:
+# The manifest before the open-world sources were added (wildvision-base 1.x was trained on it);
+# build.sh keeps its splits with --keep-splits.
+PREVIOUS_MANIFEST_COMMIT = "ba85854aaf924876b72417b4e61f912e7880ef09"
+
+
+@pytest.fixture(scope="module")
+def previous(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
+    text = subprocess.run(
+        ["git", "-C", str(REPO), "show",
+         f"{PREVIOUS_MANIFEST_COMMIT}:datasets/wildvision-ref/manifest.csv"],
+        check=True, capture_output=True, text=True).stdout
+    path = tmp_path_factory.mktemp("prev") / "manifest.csv"
+    path.write_text(text, encoding="utf-8")
+    return read_manifest(path)
+
+
+def test_committed_split_is_reproducible(ref: Manifest, previous: Manifest) -> None:
     params = json.loads((REF / "split.json").read_text(encoding="utf-8"))
     assert params["seed"] == 0 and params["ratios"] == [0.7, 0.15, 0.15]
     assert params["holdout_sources"] == []
+    keep = {r.sha256: r.split for r in previous if r.split}
     again = split_rows(ref.rows, SplitConfig(seed=0, ratios=(0.7, 0.15, 0.15),
-                                             phash_threshold=params["phash_threshold"]))
+                                             phash_threshold=params["phash_threshold"]),
+                       keep=keep)
     assert [r.split for r in again.rows] == [r.split for r in ref.rows]
+
+
+def test_earlier_test_images_stay_out_of_training(ref: Manifest, previous: Manifest) -> None:
+    """A model of the earlier split can be compared with a new one on the earlier test split."""
+    now = {r.sha256: r.split for r in ref}
+    before = [r for r in previous if r.split]
+    assert all(r.sha256 in now for r in before)
+    order = {s: k for k, s in enumerate(SPLITS)}
+    assert all(order[now[r.sha256]] >= order[r.split] for r in before)
+    assert not [r.path for r in before if r.split == "test" and now[r.sha256] != "test"]
+    assert sum(now[r.sha256] == r.split for r in before) > 0.98 * len(before)
+
+
+def test_keep_splits_keeps_and_moves_only_later() -> None:
+    """Unit check of split_rows(keep=...): kept rows keep their split, a new near-duplicate
+    joins its earlier image, a new image bridging two splits moves the group to the later."""
+    from wildvision.data.manifest import ManifestRow
+
+    def row(i: int, phash: str, label: str = "domestic_cat") -> ManifestRow:
+        return ManifestRow(path=f"s/{i}.jpg", source="s", label=label, fine_label=label,
+                           group="benign", sha256=f"{i:064x}", phash=phash)
+
+    rows = [row(k, f"{(k * 0x9E3779B97F4A7C15) & (2**64 - 1):016x}") for k in range(40)]
+    rows.append(row(100, rows[0].phash))            # new near-duplicate of row 0
+    keep = {rows[k].sha256: ("train" if k < 30 else "test") for k in range(35)}
+    result = split_rows(rows, SplitConfig(seed=0), keep=keep)
+    got = {r.sha256: r.split for r in result.rows}
+    assert all(got[s] == sp for s, sp in keep.items())
+    assert got[rows[40].sha256] == "train"           # joined its earlier duplicate
+    assert all(got[r.sha256] in SPLITS for r in rows[35:40])
+    # a new image equal to a train image and a test image moves both to test
+    bridge = [*rows, row(200, rows[0].phash)]
+    bridge[31] = bridge[31].with_(phash=rows[0].phash)
+    again = split_rows(bridge, SplitConfig(seed=0), keep=keep)
+    assert {r.split for r in again.rows if r.phash == rows[0].phash} == {"test"}
+    assert any("latest" in n for n in again.notes)
 
 
 def test_committed_rows_are_labelled_and_well_formed(ref: Manifest) -> None:

@@ -112,6 +112,8 @@ _BUILTIN: tuple[FineLabel, ...] = (
     _F("live_turtle_tortoise", "live_protected_animal", "Turtles and tortoises (e.g. hawksbill)",
        "I/II"),
     _F("live_exotic_other", "live_protected_animal", "Other exotic wild animals", None),
+    _F("live_bear", "live_protected_animal", "Bears (all Ursidae are CITES-listed)", "I/II"),
+    _F("live_wolf", "live_protected_animal", "Grey wolf (Canis lupus)", "I/II"),
     # benign
     _F("domestic_cat", "benign", "Domestic cats"),
     _F("domestic_dog", "benign", "Domestic dogs"),
@@ -124,11 +126,25 @@ _BUILTIN: tuple[FineLabel, ...] = (
     _F("animal_print_textile", "benign", "Cowhide and animal-print rugs and textiles"),
     _F("clothing", "benign", "Garments and shoes"),
     _F("consumer_product", "benign", "Listing photos of everyday products"),
-    _F("plush_toy", "benign", "Plush toys, including of protected species"),
+    _F("plush_toy", "benign",
+       "Toy animals (plush, plastic, wooden), including of protected species"),
     _F("watch", "benign", "Watches"),
     _F("furniture", "benign", "Chairs and furniture"),
     _F("everyday_object", "benign", "Vehicles, instruments, electronics, food, plants, people..."),
     _F("background_scene", "benign", "Scenes and backgrounds with no main object"),
+    # benign, not CITES-listed (or exempt) animals: they must not be called protected ones
+    _F("farm_animal", "benign", "Cattle, horses, donkeys, pigs (not CITES-listed)"),
+    _F("bird_common", "benign", "Poultry, ducks and geese (not CITES-listed)"),
+    _F("wild_mammal_common", "benign",
+       "Unlisted wild mammals: red fox, deer, plains zebra, raccoon, kangaroo, rabbit, wild boar"),
+    _F("fish_sea_life", "benign", "Fish (food, aquarium), crabs, lobsters, shrimps, jellyfish"),
+    _F("insect_arthropod", "benign", "Insects and spiders (bees, beetles, butterflies, ants)"),
+    # benign, everyday marketplace goods and photos
+    _F("food_produce", "benign", "Food, groceries, fruit and vegetables"),
+    _F("plant_flower", "benign", "Plants and flowers"),
+    _F("tool_hardware", "benign", "Tools and hardware"),
+    _F("document_screenshot", "benign", "Receipts, documents, screenshots, books, stationery"),
+    _F("seashell_decor", "benign", "Seashells and shell decor (no coral: corals are CITES-listed)"),
 )
 
 _REGISTRY: dict[str, FineLabel] = {f.name: f for f in _BUILTIN}

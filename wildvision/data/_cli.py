@@ -63,6 +63,9 @@ def register(subparsers: Any) -> None:
                         "reference data)")
     s.add_argument("--report", metavar="JSON",
                    help="write the split parameters, leakage check and counts here")
+    s.add_argument("--keep-splits", metavar="MANIFEST",
+                   help="an earlier split manifest: its images (by sha256) keep their split, "
+                        "and new duplicates of them join it; only new images are split")
     s.set_defaults(func=_run_split)
 
     c = dsub.add_parser(
@@ -164,7 +167,11 @@ def _run_split(args: argparse.Namespace) -> int:
     cfg = SplitConfig(seed=args.seed, ratios=args.ratios,
                       holdout_sources=tuple(args.holdout_source), phash_threshold=threshold)
     manifest = read_manifest(args.manifest)
-    result = split_rows(manifest.rows, cfg)
+    keep = None
+    if args.keep_splits:
+        keep = {r.sha256: r.split for r in read_manifest(args.keep_splits).rows
+                if r.sha256 and r.split}
+    result = split_rows(manifest.rows, cfg, keep=keep)
     write_manifest(args.out, result.rows)
     counts = class_counts(result.rows, "fine_label")
     out = sys.stdout
@@ -187,6 +194,8 @@ def _run_split(args: argparse.Namespace) -> int:
             "leakage": {"exact": result.leakage.exact, "near": result.leakage.near},
             "duplicate_groups": result.groups, "largest_group": result.largest_group,
             "pulled_into_test": result.pulled_into_test,
+            "kept_from": (Path(args.keep_splits).as_posix() if args.keep_splits else None),
+            "notes": list(result.notes),
         }
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 1 if result.leakage.total else 0

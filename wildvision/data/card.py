@@ -178,7 +178,19 @@ def render_card(
             "exact duplicates (same sha256) and near-duplicates are kept in one split "
             "(group-aware); unreadable images get no split."
         )
+        kept_from = params.get("kept_from")
+        if kept_from:
+            out += ["", "Images of the previous version of this manifest kept their split "
+                    "(`--keep-splits`; that version is in the repository's history) or moved to a "
+                    "later one (test after val after train), never an earlier one: no image of "
+                    "the earlier test split is in this train or val split, so a new model can "
+                    "be compared with an earlier one on the earlier test split. New images joined the split of an earlier near-duplicate or were "
+                    "split by the stratified rule. "
+                    + " ".join(f"{n[0].upper()}{n[1:]}." for n in params.get("notes", []))]
         try:
+            if kept_from:
+                raise ValueError("a kept split is re-run from the previous manifest "
+                                 "(build.sh), not from this one alone")
             again = split_rows(rows, SplitConfig(
                 seed=int(params.get("seed", 0)), ratios=tuple(ratios),
                 holdout_sources=tuple(hold), phash_threshold=threshold))

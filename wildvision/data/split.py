@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -230,7 +230,8 @@ def _targets(n: int, ratios: Sequence[float]) -> list[int]:
     return base
 
 
-def split_rows(rows: Iterable[ManifestRow], config: SplitConfig | None = None) -> SplitResult:
+def split_rows(rows: Iterable[ManifestRow], config: SplitConfig | None = None,
+               keep: Mapping[str, str] | None = None) -> SplitResult:
     """Assign ``train``/``val``/``test`` to every readable row (see the module docstring).
 
     The ``dup_group`` extra column names the duplicate group of rows that have duplicates
@@ -240,6 +241,13 @@ def split_rows(rows: Iterable[ManifestRow], config: SplitConfig | None = None) -
         rows: manifest rows (``fine_label`` filled, ideally; else the dataset label is used
             for stratification).
         config: seed, ratios, holdout sources and phash threshold.
+        keep: ``sha256 -> split`` of an earlier split (e.g. read from the previous
+            manifest): images found there keep their split, and so does every new image in
+            their duplicate group, so a model trained on the earlier split has still never
+            seen the new test split's earlier images. Only the other images are split by
+            the stratified rule. A duplicate group whose kept images disagree (a new image
+            bridging two earlier groups) goes to the latest of them (test over val over
+            train), reported in ``notes``.
 
     Returns:
         A :class:`SplitResult` with the rows in input order and the leakage check.
@@ -259,12 +267,22 @@ def split_rows(rows: Iterable[ManifestRow], config: SplitConfig | None = None) -
     holdout = set(cfg.holdout_sources)
     assign: dict[int, str] = {}
     pulled = 0
+    kept = bridged = 0
     strata: dict[str, list[list[int]]] = defaultdict(list)
     for members in comps.values():
         if holdout and any(rows[i].source in holdout for i in members):
             for i in members:
                 assign[i] = "test"
                 pulled += rows[i].source not in holdout
+            continue
+        earlier = {keep[rows[i].sha256] for i in members
+                   if keep and rows[i].sha256 and keep.get(rows[i].sha256) in SPLITS}
+        if earlier:
+            split = max(earlier, key=SPLITS.index)
+            bridged += len(earlier) > 1
+            for i in members:
+                assign[i] = split
+                kept += 1
             continue
         labels = Counter(_stratum(rows[i]) for i in members)
         primary = min(labels, key=lambda lab: (-labels[lab], lab))
@@ -302,6 +320,12 @@ def split_rows(rows: Iterable[ManifestRow], config: SplitConfig | None = None) -
         out.append(r.with_(split=assign.get(i, ""), extra=extra))
     report = leakage(out, cfg.phash_threshold)
     notes = []
+    if keep is not None:
+        notes.append(f"{kept} image(s) kept the split of the earlier manifest (or joined an "
+                     "earlier image's duplicate group there)")
+    if bridged:
+        notes.append(f"{bridged} duplicate group(s) joined earlier images of different "
+                     "splits and went to the latest of them")
     if pulled:
         notes.append(f"{pulled} image(s) from other sources joined the holdout test split "
                      "because they duplicate a holdout image")
