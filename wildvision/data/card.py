@@ -184,8 +184,9 @@ def render_card(
                     "(`--keep-splits`; that version is in the repository's history) or moved to a "
                     "later one (test after val after train), never an earlier one: no image of "
                     "the earlier test split is in this train or val split, so a new model can "
-                    "be compared with an earlier one on the earlier test split. New images joined the split of an earlier near-duplicate or were "
-                    "split by the stratified rule. "
+                    "be compared with an earlier one on the earlier test split. New images "
+                    "joined the split of an earlier near-duplicate or were split by the "
+                    "stratified rule. "
                     + " ".join(f"{n[0].upper()}{n[1:]}." for n in params.get("notes", []))]
         try:
             if kept_from:
