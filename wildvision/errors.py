@@ -6,7 +6,9 @@ __all__ = [
     "ConfigError",
     "DataError",
     "ImageTooLargeError",
+    "IndexModelMismatchError",
     "InvalidImageError",
+    "MatchIndexError",
     "MissingExtraError",
     "ModelIntegrityError",
     "ModelNotInstalledError",
@@ -62,3 +64,13 @@ class ConfigError(WildvisionError, ValueError):
 
 class DataError(WildvisionError, ValueError):
     """An invalid dataset or manifest (missing files, unknown labels, empty classes)."""
+
+
+class MatchIndexError(WildvisionError, ValueError):
+    """A known-photo index (:mod:`wildvision.match`) is unreadable, corrupt or inconsistent
+    (a truncated file, a duplicate reference, arrays of different lengths)."""
+
+
+class IndexModelMismatchError(MatchIndexError):
+    """A known-photo index was made with another model than the one asked to use it: its
+    embeddings are not comparable. The message names both models."""

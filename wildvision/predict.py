@@ -18,6 +18,7 @@ import numpy as np
 from .calibration import softmax
 from .errors import ConfigError, WildvisionError
 from .imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, decode_image, source_name
+from .matching import KnownImageIndex, Match
 from .modelpack import ModelPackage, Thresholds
 from .preprocess import preprocess_image, resize_crop
 from .registry import default_model_name, resolve_model
@@ -81,6 +82,10 @@ class Prediction:
         unfamiliar: the gate turned at least one ``flag`` into ``review`` (the photo is below
             the familiarity threshold of a group it would have been flagged for; its
             probabilities are unchanged).
+        matches: known photos this photo matches (:mod:`wildvision.match`), best first;
+            ``None`` when no index was given.
+        known_image: at least one match: the decision is at least the index's decision
+            (``flag`` by default), whatever the probabilities say.
     """
 
     source: str
@@ -96,6 +101,8 @@ class Prediction:
     embedding: tuple[float, ...] | None = field(default=None, repr=False)
     familiarity: float | None = None
     unfamiliar: bool = False
+    matches: tuple[Match, ...] | None = None
+    known_image: bool = False
 
     ok = True
 
@@ -142,6 +149,9 @@ class Prediction:
         if self.familiarity is not None:
             d["familiarity"] = round(self.familiarity, 6)
             d["unfamiliar"] = self.unfamiliar
+        if self.matches is not None:
+            d["matches"] = [m.to_dict() for m in self.matches]
+            d["known_image"] = self.known_image
         if self.embedding is not None:
             d["embedding"] = list(self.embedding)
         return d
@@ -249,6 +259,7 @@ class _Prepared:
     sha256: str = ""
     size: tuple[int, int] = (0, 0)
     error: BaseException | None = None
+    match_keys: Any = None
 
 
 class Classifier:
@@ -268,6 +279,12 @@ class Classifier:
         return_embedding: put the pooled embedding in each prediction.
         open_set: apply the model's familiarity gate when it ships one (default ``True``):
             a flag on a photo unlike every training photo becomes ``review``.
+        match_index: a known-photo index (:func:`wildvision.match.load_index`, ``[match]``
+            extra): each prediction lists its ``matches``, and a photo with a match is
+            decided at least ``flag`` (the index's ``decision``).
+
+    Raises:
+        IndexModelMismatchError: ``match_index`` was made with another model.
 
     Example:
         >>> clf = Classifier("wildvision-base")  # doctest: +SKIP
@@ -289,6 +306,7 @@ class Classifier:
         max_bytes: int = DEFAULT_MAX_BYTES,
         return_embedding: bool = False,
         open_set: bool = True,
+        match_index: KnownImageIndex | None = None,
     ) -> None:
         self.package = resolve_model(model)
         self.card = self.package.card
@@ -305,6 +323,14 @@ class Classifier:
         self.max_bytes = max_bytes
         self.return_embedding = return_embedding
         self.familiarity = self.package.familiarity() if open_set else None
+        if match_index is not None:
+            if not isinstance(match_index, KnownImageIndex):
+                raise ConfigError(
+                    "match_index must be a loaded index (wildvision.match.load_index(path)), "
+                    f"got {type(match_index).__name__}"
+                )
+            match_index.check_model(self.package, precision)
+        self.match_index = match_index
         self.decode_workers = decode_workers or max(1, min(4, (os.cpu_count() or 2)))
         labels = self.card.labels
         self._groups = self.card.groups
@@ -343,7 +369,10 @@ class Classifier:
                     np.subtract(out[c], np.float32(cfg.mean[c]), out=out[c])
                     np.divide(out[c], np.float32(cfg.std[c]), out=out[c])
                 tensor = out
-            return _Prepared(index, name, tensor, dec.sha256, dec.original_size)
+            keys = (self.match_index.image_keys(dec.image)
+                    if self.match_index is not None else None)
+            return _Prepared(index, name, tensor, dec.sha256, dec.original_size,
+                             match_keys=keys)
         except Exception as e:  # a decoder bug must not take the batch down; keep its type
             return _Prepared(index, name, error=e)
 
@@ -368,8 +397,8 @@ class Classifier:
         return outputs
 
     def _make_prediction(self, p: _Prepared, probs: np.ndarray, gprobs: np.ndarray,
-                         emb: np.ndarray | None, familiarity: float | None = None
-                         ) -> Prediction:
+                         emb: np.ndarray | None, familiarity: float | None = None,
+                         matches: tuple[Match, ...] | None = None) -> Prediction:
         groups = []
         overall = "pass"
         unfamiliar = False
@@ -384,6 +413,11 @@ class Classifier:
             if DECISIONS.index(decision) < DECISIONS.index(overall):
                 overall = decision
             groups.append(GroupResult(g, prob, decision, th.flag, th.review))
+        known = bool(matches)
+        # A confirmed photo decides regardless of the probabilities; it never lowers.
+        if (known and self.match_index is not None
+                and DECISIONS.index(self.match_index.decision) < DECISIONS.index(overall)):
+            overall = self.match_index.decision
         order = np.argsort(-probs, kind="stable")[: self.top_k]
         labels = self.card.labels
         top = tuple(
@@ -404,6 +438,8 @@ class Classifier:
             embedding=tuple(float(v) for v in emb) if emb is not None else None,
             familiarity=familiarity,
             unfamiliar=unfamiliar,
+            matches=matches,
+            known_image=known,
         )
 
     def _infer(self, prepared: list[_Prepared], batch: np.ndarray | None = None
@@ -415,9 +451,13 @@ class Classifier:
         if ok:
             if batch is None or len(ok) != len(prepared):
                 batch = np.stack([p.tensor for p in ok])  # type: ignore[misc]
+            found: list[tuple[Match, ...]] | None = None
             try:
                 with self._lock:  # at most self._runs runs at once keeps memory bounded
                     out = self.predict_arrays(batch)
+                if self.match_index is not None:
+                    found = self.match_index.lookup([p.match_keys for p in ok],
+                                                    out.get("embedding"))
             except Exception as e:  # e.g. the runtime failing: every item records it
                 for p in ok:
                     p.error = e
@@ -431,6 +471,7 @@ class Classifier:
                         p, out["probabilities"][row], out["group_probabilities"][row],
                         emb[row] if emb is not None else None,
                         float(fam[row]) if fam is not None else None,
+                        found[row] if found is not None else None,
                     )
         return [results[p.index] for p in prepared]
 

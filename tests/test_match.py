@@ -1,0 +1,374 @@
+"""Known-photo matching (wildvision.match): PDQ against the reference implementation, the index
+file, editing, sharing, and matches in classification results with real edited photos."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageOps
+
+pytest.importorskip("faiss", reason="needs the [match] extra (faiss-cpu)")
+pytest.importorskip("pdqhash", reason="needs the [match] extra (pdqhash)")
+
+import wildvision as wv
+from wildvision.errors import IndexModelMismatchError, MatchIndexError
+from wildvision.match import (
+    KnownPhoto,
+    MatchIndex,
+    build_index,
+    load_index,
+    photos_from_manifest,
+    read_pdq_list,
+)
+from wildvision.match.pdq import from_hex, hamming, pdq_hash, pdq_hash_array, to_hex
+
+REFERENCE = json.loads((Path(__file__).parent / "data" / "pdq_reference.json").read_text())
+# Bits the pdqhash build may differ from the reference binary by (float rounding on another CPU
+# can move a coefficient across the median); on the machine that made the vectors it was 0.
+PDQ_TOLERANCE = 4
+
+
+def synthetic(kind: int, w: int, h: int) -> np.ndarray:
+    """Integer-only test images (the same pixels on every platform); see pdq_reference.json."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.int64)
+    if kind == 0:  # diagonal ramps and a checkerboard
+        r = (x * 255) // (w - 1)
+        g = (y * 255) // (h - 1)
+        b = ((x // 24 + y // 24) % 2) * 200 + 20
+    elif kind == 1:  # parabolic ramps and a product of steps
+        r = (x * x // 97 + 3 * y) % 256
+        g = ((x // 20) * (y // 20) * 37) % 256
+        b = (255 * y) // (h - 1)
+    else:  # stripes plus a bright rectangle
+        r = ((x + 2 * y) // 10 % 2) * 180 + 30
+        g = r.copy()
+        b = (x * 255) // (w - 1)
+        for c, v in ((r, 250), (g, 240), (b, 10)):
+            c[h // 4: h // 2, w // 2: w * 3 // 4] = v
+    return np.stack([r, g, b], -1).astype(np.uint8)
+
+
+def _dist(a: bytes, b: bytes) -> int:
+    return int(hamming(np.frombuffer(a, np.uint8), np.frombuffer(b, np.uint8)))
+
+
+# -- PDQ against the reference implementation ----------------------------------------------
+
+
+@pytest.mark.parametrize("vec", REFERENCE["synthetic"], ids=lambda v: f"synthetic{v['kind']}")
+def test_pdq_matches_reference_on_synthetic_images(vec: dict) -> None:
+    a = synthetic(vec["kind"], vec["width"], vec["height"])
+    assert hashlib.sha256(a.tobytes()).hexdigest() == vec["pixels_sha256"]
+    h, q = pdq_hash_array(a)
+    assert _dist(h, from_hex(vec["pdq"])) <= PDQ_TOLERANCE
+    assert q == vec["quality"]
+
+
+def test_pdq_matches_reference_on_real_photos(shared_data: Path) -> None:
+    for vec in REFERENCE["real"]:
+        path = shared_data / vec["path"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == vec["file_sha256"]
+        h, q = pdq_hash_array(np.asarray(Image.open(path).convert("RGB")))
+        assert _dist(h, from_hex(vec["pdq"])) <= PDQ_TOLERANCE, vec["path"]
+        assert q == vec["quality"]
+
+
+def test_pdq_hex_form_and_errors() -> None:
+    h, _ = pdq_hash_array(synthetic(1, 301, 257))
+    assert to_hex(h) == h.hex() and from_hex(to_hex(h).upper()) == h
+    with pytest.raises(MatchIndexError):
+        from_hex("abc")
+    with pytest.raises(MatchIndexError):
+        from_hex("zz" * 32)
+    with pytest.raises(wv.InvalidImageError):
+        pdq_hash_array(np.zeros((1, 5, 3), np.uint8))
+    # the mirror hash is the hash of the mirrored pixels
+    img = Image.fromarray(synthetic(2, 123, 333))
+    assert pdq_hash(img, mirror=True) == pdq_hash(ImageOps.mirror(img))
+
+
+# -- an index of real photos with the default model ---------------------------------------
+
+INDEXED = [  # (path under ../shared/data, reference, label)
+    ("bigcats/live_tiger", "case-tiger", "live_tiger"),
+    ("met_ivory/ivory_artifact", "case-ivory", "ivory_carving"),
+    ("clothing/clothing", "case-shirt", "clothing"),
+    ("bone_horn_maker/bone_comb", "case-comb", "bone_horn_craft"),
+]
+
+
+def _first(folder: Path, n: int = 0) -> Path:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))[n]
+
+
+def _jpeg(img: Image.Image, quality: int) -> Image.Image:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def edits(img: Image.Image) -> dict[str, Image.Image]:
+    """Edited copies, as re-posted listings show them."""
+    w, h = img.size
+    text = img.copy()
+    ImageDraw.Draw(text).text((w // 10, h // 2), "WhatsApp +00 123 456 789", fill=(255, 0, 0))
+    ImageDraw.Draw(text).rectangle((0, h - h // 8, w, h), fill=(255, 255, 255))
+    border = Image.new("RGB", (w + 60, h + 140), (245, 245, 245))
+    border.paste(img, (30, 70))
+    return {
+        "mirror": ImageOps.mirror(img),
+        "half": img.resize((w // 2, h // 2), Image.Resampling.BILINEAR),
+        "double": img.resize((w * 2, h * 2), Image.Resampling.BICUBIC),
+        "jpeg30": _jpeg(img, 30),
+        "crop80": img.crop((int(w * 0.06), int(h * 0.05), int(w * 0.95), int(h * 0.94))),
+        "text": text,
+        "rotate3": img.rotate(3, resample=Image.Resampling.BILINEAR, expand=False),
+        "border": border,
+    }
+
+
+@pytest.fixture(scope="module")
+def real_index(shared_data: Path) -> tuple[MatchIndex, list[Path]]:
+    photos = [KnownPhoto(str(_first(shared_data / d)), ref, label) for d, ref, label in INDEXED]
+    index, failed = build_index(photos)
+    assert failed == []
+    return index, [Path(p.path) for p in photos]
+
+
+def test_build_records_model_and_groups(real_index: tuple[MatchIndex, list[Path]]) -> None:
+    index, _ = real_index
+    card = wv.load_model().card
+    assert len(index) == 4 and index.embedding_dim > 0
+    assert index.header["model"] == card.name and index.header["model_version"] == card.version
+    assert index.header["embedding_sha256"] == card.files["model.onnx"]
+    assert index.groups == ["live_protected_animal", "ivory", "benign", "benign"]
+    assert np.allclose(np.linalg.norm(index.embeddings.astype(np.float32), axis=1), 1, atol=1e-2)
+    assert (index.quality >= 50).all()
+
+
+def test_edited_copies_match_their_original(real_index: tuple[MatchIndex, list[Path]]) -> None:
+    index, paths = real_index
+    shirt = Image.open(paths[2]).convert("RGB")
+    tiger = Image.open(paths[0]).convert("RGB")
+    copies = {**{f"shirt/{k}": v for k, v in edits(shirt).items()},
+              **{f"tiger/{k}": v for k, v in edits(tiger).items()}}
+    results = wv.classify_images(list(copies.values()), match_index=index)
+    plain = wv.classify_images(list(copies.values()))
+    for (name, _), r, p in zip(copies.items(), results, plain, strict=True):
+        assert isinstance(r, wv.Prediction) and isinstance(p, wv.Prediction)
+        assert r.matches, name
+        assert r.matches[0].reference == ("case-shirt" if name.startswith("shirt") else
+                                          "case-tiger"), (name, r.matches)
+        assert r.known_image and r.decision == "flag"
+        assert p.matches is None and not p.known_image
+        d = r.to_dict()
+        assert d["known_image"] is True and d["matches"][0]["reference"] == r.matches[0].reference
+    # the shirt is benign for the model: only the index flags its copies
+    assert all(p.decision != "flag" for n, p in zip(copies, plain, strict=True)
+               if n.startswith("shirt"))
+
+
+def test_other_photos_do_not_match(real_index: tuple[MatchIndex, list[Path]],
+                                   shared_data: Path) -> None:
+    index, _ = real_index
+    others = [_first(shared_data / d, 1) for d, _, _ in INDEXED]  # same folders, other photos
+    for r in wv.classify_images(others, match_index=index):
+        assert isinstance(r, wv.Prediction)
+        assert r.matches == () and not r.known_image, (r.source, r.matches)
+
+
+def test_review_policy_and_hash_only_mode(real_index: tuple[MatchIndex, list[Path]]) -> None:
+    index, paths = real_index
+    review = index.copy()
+    review.decision = "review"
+    shirt = Image.open(paths[2]).convert("RGB")
+    r = wv.classify_image(ImageOps.mirror(shirt), match_index=review)
+    assert r.known_image and r.decision == "review"
+    hash_only = index.copy()
+    hash_only.mode = "hash"
+    crop = edits(shirt)["crop80"]  # PDQ does not survive this crop; the embedding does
+    assert wv.classify_image(crop, match_index=hash_only).matches == ()
+    assert wv.classify_image(crop, match_index=index).matches[0].by == "embedding"
+
+
+def test_model_mismatch_is_refused(real_index: tuple[MatchIndex, list[Path]],
+                                   tiny_model_dir: Path, tmp_path: Path) -> None:
+    index, _ = real_index
+    with pytest.raises(IndexModelMismatchError, match="wildvision-base"):
+        wv.Classifier(tiny_model_dir, match_index=index)
+    with pytest.raises(IndexModelMismatchError):
+        wv.Classifier(None, precision="int8", match_index=index)
+    with pytest.raises(wv.ConfigError, match="load_index"):
+        wv.Classifier(None, match_index=str(tmp_path / "x.npz"))  # type: ignore[arg-type]
+    # a hash-only (shared) list works with any model
+    hashes = index.for_sharing(embeddings=False)
+    clf = wv.Classifier(tiny_model_dir, match_index=hashes)
+    assert clf.match_index is hashes
+
+
+def test_save_load_round_trip_and_corrupt_files(real_index: tuple[MatchIndex, list[Path]],
+                                                tmp_path: Path) -> None:
+    index, _ = real_index
+    path = index.save(tmp_path / "known.npz")
+    assert [p.name for p in tmp_path.iterdir()] == ["known.npz"]  # no temporary left behind
+    back = load_index(path)
+    assert back.references == index.references and back.labels == index.labels
+    assert back.groups == index.groups and back.header["model"] == index.header["model"]
+    assert np.array_equal(back.hashes, index.hashes)
+    assert np.array_equal(back.embeddings, index.embeddings)
+    assert back.policy() == index.policy()
+    assert load_index(path, hash_threshold=10).hash_threshold == 10
+    data = path.read_bytes()
+    for name, content in (("cut.npz", data[: len(data) // 2]), ("empty.npz", b""),
+                          ("junk.npz", b"not an index at all")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(MatchIndexError, match=name):
+            load_index(tmp_path / name)
+    with pytest.raises(MatchIndexError, match="no such"):
+        load_index(tmp_path / "missing.npz")
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(MatchIndexError, match="not a wildvision match index"):
+        load_index(tmp_path / "other.npz")
+    with np.load(path) as z:  # arrays of different lengths
+        arrays = {k: z[k] for k in z.files}
+    arrays["labels"] = arrays["labels"][:2]
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(MatchIndexError, match="differ in length"):
+        load_index(tmp_path / "bad.npz")
+
+
+def test_failed_save_leaves_the_old_file(real_index: tuple[MatchIndex, list[Path]],
+                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    index, _ = real_index
+    path = index.save(tmp_path / "known.npz")
+    data = path.read_bytes()
+
+    def disk_full(f: io.BufferedWriter, **arrays: np.ndarray) -> None:
+        f.write(b"PK\x03\x04 half an index")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        index.save(path)
+    assert path.read_bytes() == data
+    assert [p.name for p in tmp_path.iterdir()] == ["known.npz"]
+
+
+def test_duplicates_unreadable_photos_and_editing(real_index: tuple[MatchIndex, list[Path]],
+                                                  tmp_path: Path) -> None:
+    index, paths = real_index
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    manifest = tmp_path / "known.csv"
+    manifest.write_text("path,reference,label\n"
+                        f"{paths[0]},a,live_tiger\nbroken.jpg,b,ivory_carving\n")
+    photos = photos_from_manifest(manifest)
+    small, failed = build_index(photos)
+    assert small.references == ["a"] and small.groups == ["live_protected_animal"]
+    assert [f.source for f in failed] == [str(bad)] and failed[0].error_type
+
+    dup = [KnownPhoto(str(paths[0]), "x"), KnownPhoto(str(paths[1]), "x")]
+    with pytest.raises(MatchIndexError, match="duplicate"):
+        build_index(dup)
+    edited = index.copy()
+    with pytest.raises(MatchIndexError, match="duplicate"):
+        edited.add(["case-tiger"], ["x"], ["ivory"], edited.hashes[:1], edited.quality[:1],
+                   edited.embeddings[:1])
+    assert len(edited) == 4  # nothing half-added
+    assert edited.remove(["case-comb"]) == 1 and "case-comb" not in edited.references
+    with pytest.raises(MatchIndexError, match="not in the index"):
+        edited.remove(["nope"])
+
+    merged = edited.merge(small)
+    assert merged.references == [*edited.references, "a"]
+    with pytest.raises(MatchIndexError, match="duplicate"):
+        merged.merge(small)
+    assert len(merged.merge(small, skip_duplicates=True)) == len(merged)
+    with pytest.raises(IndexModelMismatchError):
+        merged.merge(index.for_sharing(embeddings=False))
+
+
+def test_sharing_hides_references_and_labels(real_index: tuple[MatchIndex, list[Path]],
+                                             tmp_path: Path) -> None:
+    index, paths = real_index
+    shared = index.for_sharing()
+    assert shared.shared and shared.labels == index.groups
+    assert not set(shared.references) & set(index.references)
+    assert shared.references == index.entry_ids()
+    # the sharer finds its own entries from a shared reference
+    assert index.find_ids([shared.references[2]]) == [2]
+    saved = load_index(shared.save(tmp_path / "shared.npz"))
+    r = wv.classify_image(ImageOps.mirror(Image.open(paths[2]).convert("RGB")),
+                          match_index=saved)
+    assert r.matches[0].reference == shared.references[2] and r.matches[0].label == "benign"
+
+    hashes_only = index.for_sharing(embeddings=False)
+    assert hashes_only.embedding_dim == 0 and "embedding_sha256" not in hashes_only.header
+    text = hashes_only.write_pdq_list(tmp_path / "list.txt", "te")
+    assert text.splitlines()[0] == "pdq " + index.hashes[0].tobytes().hex()
+    csv_text = hashes_only.write_pdq_list(tmp_path / "list.csv", "csv")
+    assert csv_text.splitlines()[1].split(",")[2] == "ivory"
+    for name in ("list.txt", "list.csv"):
+        back = read_pdq_list(tmp_path / name)
+        assert np.array_equal(back.hashes, index.hashes) and back.embedding_dim == 0
+    assert read_pdq_list(tmp_path / "list.csv").groups == index.groups
+    # a hash list matches by hash only, whatever the model
+    r = wv.classify_image(ImageOps.mirror(Image.open(paths[0]).convert("RGB")),
+                          match_index=load_index(tmp_path / "list.txt"))
+    assert r.matches and r.matches[0].by == "hash" and r.matches[0].similarity is None
+    (tmp_path / "bad.txt").write_text("pdq " + "ab" * 32 + "\nmd5 0123\n")
+    with pytest.raises(MatchIndexError, match="line 2"):
+        read_pdq_list(tmp_path / "bad.txt")
+
+
+# -- search engines -------------------------------------------------------------------------
+
+
+def test_approximate_engines_agree_with_exact() -> None:
+    rng = np.random.default_rng(0)
+    n, d = 3000, 64
+    emb = rng.normal(size=(n, d)).astype(np.float32)
+    hashes = rng.integers(0, 256, (n, 32), dtype=np.uint8)
+    refs = [f"r{i}" for i in range(n)]
+    exact = MatchIndex({"embedding_dim": d}, engine="exact", similarity_threshold=0.8)
+    exact.add(refs, refs, ["benign"] * n, hashes, np.full(n, 100, np.uint8), emb)
+    approx = exact.copy()
+    approx.engine = "ivf"
+    probe = rng.choice(n, 50, replace=False)
+    queries = emb[probe] + rng.normal(scale=0.3, size=(50, d)).astype(np.float32)
+    qh = hashes[probe].copy()
+    flips = rng.integers(0, 256, (50, 20))  # up to 20 flipped bits per hash
+    for row, bits in enumerate(flips):
+        for b in bits:
+            qh[row, b // 8] ^= np.uint8(1 << (7 - b % 8))
+    keys = [(qh[i].tobytes(), qh[i].tobytes(), 100) for i in range(50)]
+    got_exact = exact.lookup(keys, queries)
+    got_approx = approx.lookup(keys, queries)
+    assert approx._get_engines().emb_kind == "ivf"
+    for i, (a, b) in enumerate(zip(got_exact, got_approx, strict=True)):
+        assert a and a[0].reference == f"r{probe[i]}" and a[0].hash_distance is not None
+        assert b and b[0].reference == a[0].reference
+        assert b[0].hash_distance == a[0].hash_distance
+        assert b[0].similarity == pytest.approx(a[0].similarity, abs=1e-3)
+    # unrelated queries: no match
+    none = exact.lookup([None] * 5, rng.normal(size=(5, d)).astype(np.float32))
+    assert none == [()] * 5
+
+
+def test_missing_extra_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    monkeypatch.setitem(sys.modules, "pdqhash", None)
+    index = MatchIndex({"embedding_dim": 0}, references=["a"], labels=["a"], groups=["benign"],
+                       hashes=np.zeros((1, 32), np.uint8), quality=np.array([100], np.uint8))
+    with pytest.raises(wv.MissingExtraError, match=r"pip install 'wildvision\[match\]'"):
+        index.lookup([None], None)
+    with pytest.raises(wv.MissingExtraError, match=r"wildvision\[match\]"):
+        pdq_hash_array(synthetic(0, 256, 192))

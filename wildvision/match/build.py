@@ -1,0 +1,190 @@
+"""Building an index from confirmed photos: a folder (labels from sub-folder names) or a CSV
+manifest (``path,reference,label,group``). Each photo is decoded once for the model (its
+embedding, through the core :class:`~wildvision.Classifier`) and once more, the same way, for
+its PDQ hash; an unreadable photo is listed as a :class:`~wildvision.Failure` and skipped."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, DataError, MatchIndexError
+from ..imaging import decode_image
+from ..predict import Classifier, Failure, Prediction
+from ..taxonomy import FINE_LABELS, GROUP_NAMES, group_of
+from .index import MatchIndex, model_fingerprint
+from .pdq import HASH_BYTES, pdq_hash
+
+__all__ = ["KnownPhoto", "add_photos", "build_index", "photos_from_folder",
+           "photos_from_manifest"]
+
+_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+
+
+@dataclass(frozen=True)
+class KnownPhoto:
+    """A confirmed photo to index."""
+
+    path: str
+    reference: str
+    label: str = ""
+    group: str = ""
+
+
+def _group(label: str, group: str) -> str:
+    if group:
+        if group not in GROUP_NAMES:
+            raise ConfigError(f"unknown group {group!r}; groups: {', '.join(GROUP_NAMES)}")
+        return group
+    if label in FINE_LABELS:
+        return group_of(label)
+    return label if label in GROUP_NAMES else "unknown"
+
+
+def photos_from_folder(folder: str | os.PathLike[str], *, group: str = "") -> list[KnownPhoto]:
+    """Every image under ``folder`` (recursively): reference = the path relative to the folder,
+    label = the name of the sub-folder holding it (empty at the top level), group = ``group``
+    or the label's taxonomy group."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    out = []
+    for f in sorted(root.rglob("*")):
+        if f.is_file() and f.suffix.lower() in _EXTENSIONS:
+            rel = f.relative_to(root)
+            label = rel.parent.name if rel.parent != Path(".") else ""
+            out.append(KnownPhoto(str(f), rel.as_posix(), label, _group(label, group)))
+    if not out:
+        raise DataError(f"{root}: no images found")
+    return out
+
+
+def photos_from_manifest(path: str | os.PathLike[str]) -> list[KnownPhoto]:
+    """Rows of a CSV with a ``path`` column and optional ``reference`` (default: the path),
+    ``label`` and ``group`` (default: the label's taxonomy group, else ``unknown``) columns;
+    relative paths are relative to the CSV's folder."""
+    p = Path(path)
+    try:
+        with open(p, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{p}: unreadable manifest ({e})") from e
+    if not rows or "path" not in rows[0]:
+        raise DataError(f"{p}: a manifest needs a 'path' column and at least one row")
+    out = []
+    for no, r in enumerate(rows, 2):
+        if not r.get("path"):
+            raise DataError(f"{p}, line {no}: empty path")
+        fp = Path(r["path"])
+        full = fp if fp.is_absolute() else p.parent / fp
+        label = (r.get("label") or "").strip()
+        out.append(KnownPhoto(str(full), (r.get("reference") or r["path"]).strip(), label,
+                              _group(label, (r.get("group") or "").strip())))
+    return out
+
+
+def _embed_and_hash(photos: Sequence[KnownPhoto], clf: Classifier, batch_size: int
+                    ) -> tuple[list[int], list[bytes], list[int], list[np.ndarray],
+                               list[Failure]]:
+    rows, hashes, quality, embs, failures = [], [], [], [], []
+    cfg = clf.card.preprocess
+    results = clf.iter_classify([ph.path for ph in photos], batch_size=batch_size)
+    for i, (ph, r) in enumerate(zip(photos, results, strict=True)):
+        if isinstance(r, Failure):
+            failures.append(r)
+            continue
+        assert isinstance(r, Prediction) and r.embedding is not None
+        try:  # decoded exactly as the classifier decodes it, so the hash matches at query time
+            dec = decode_image(ph.path, max_pixels=clf.max_pixels, max_bytes=clf.max_bytes,
+                               draft_size=cfg.draft_size)
+            h, q = pdq_hash(dec.image)
+        except Exception as e:  # listed, not fatal
+            failures.append(Failure(ph.path, type(e).__name__, str(e), clf.card.name,
+                                    clf.card.version))
+            continue
+        rows.append(i)
+        hashes.append(h)
+        quality.append(q)
+        embs.append(np.asarray(r.embedding, np.float32))
+    return rows, hashes, quality, embs, failures
+
+
+def add_photos(index: MatchIndex, photos: Sequence[KnownPhoto], *, model: Any = None,
+               precision: str = "fp32", batch_size: int = 16, threads: int | None = None,
+               _classifier: Classifier | None = None) -> list[Failure]:
+    """Hash and embed ``photos`` and add them to ``index`` (all readable ones, or none when a
+    reference is a duplicate).
+
+    Returns:
+        The photos that could not be read (a :class:`~wildvision.Failure` each).
+
+    Raises:
+        IndexModelMismatchError: ``model`` is not the index's model.
+        MatchIndexError: a reference already in the index or given twice.
+    """
+    refs = [ph.reference for ph in photos]
+    clash = set(refs) & set(index.references)
+    if clash or len(set(refs)) != len(refs):
+        dup = sorted(clash) or sorted({r for r in refs if refs.count(r) > 1})
+        raise MatchIndexError(f"duplicate references: {dup[:5]}")
+    clf = _classifier if _classifier is not None else Classifier(
+        model, precision=precision, threads=threads, return_embedding=True, open_set=False)
+    if index.embedding_dim:
+        index.check_model(clf.package, precision)
+    rows, hashes, quality, embs, failures = _embed_and_hash(photos, clf, batch_size)
+    if rows:
+        h = np.frombuffer(b"".join(hashes), np.uint8).reshape(-1, HASH_BYTES)
+        index.add([photos[i].reference for i in rows], [photos[i].label for i in rows],
+                  [_group(photos[i].label, photos[i].group) for i in rows], h,
+                  np.array(quality, np.uint8),
+                  np.stack(embs) if index.embedding_dim else None)
+    return failures
+
+
+def build_index(photos: Iterable[KnownPhoto], *, model: Any = None, precision: str = "fp32",
+                batch_size: int = 16, threads: int | None = None, **settings: Any
+                ) -> tuple[MatchIndex, list[Failure]]:
+    """Build an index of confirmed photos.
+
+    Args:
+        photos: :class:`KnownPhoto` records (:func:`photos_from_folder`,
+            :func:`photos_from_manifest`).
+        model: the model whose embeddings to store (default: the default model); the index
+            records its name, version and model-file sha256.
+        precision: ``fp32`` or ``int8`` (the index then only works with that precision).
+        **settings: :class:`MatchIndex` settings (thresholds, mode, decision ...).
+
+    Returns:
+        The index and the photos that could not be read (listed, not fatal).
+
+    Example:
+        >>> index, failed = build_index(photos_from_folder("confirmed/"))  # doctest: +SKIP
+        >>> index.save("known.npz")  # doctest: +SKIP
+    """
+    photos = list(photos)
+    clf = Classifier(model, precision=precision, threads=threads, return_embedding=True,
+                     open_set=False)
+    head: dict[str, Any] = dict(model_fingerprint(clf.package, precision))
+    dim = _embedding_dim(clf)
+    head["embedding_dim"] = dim
+    index = MatchIndex(head, **settings)
+    failures = add_photos(index, photos, precision=precision, batch_size=batch_size,
+                          _classifier=clf)
+    return index, failures
+
+
+def _embedding_dim(clf: Classifier) -> int:
+    if "embedding" not in clf.card.outputs:
+        raise ConfigError(f"model {clf.card.name} has no 'embedding' output to index")
+    probe = np.zeros((1, 3, clf.card.preprocess.input_size, clf.card.preprocess.input_size),
+                     np.float32)
+    out = clf.predict_arrays(probe)
+    if "embedding" not in out:
+        raise ConfigError(f"model {clf.card.name} has no 'embedding' output to index")
+    return int(out["embedding"].shape[1])

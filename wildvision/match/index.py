@@ -1,0 +1,700 @@
+"""The known-photo index: PDQ hashes and model embeddings of confirmed photos, never the photos.
+
+One index is one ``.npz`` file (plain arrays, loaded with ``allow_pickle=False``):
+
+==============  =================  ==========================================================
+array           shape / dtype      what
+==============  =================  ==========================================================
+``header``      (bytes,) uint8     UTF-8 JSON: format, model name/version/precision, the
+                                   sha256 of the model file that made the embeddings,
+                                   embedding size, thresholds, ``shared``
+``references``  (N,) unicode       a case id / listing URL per photo (unique)
+``labels``      (N,) unicode       a label per photo
+``groups``      (N,) unicode       its taxonomy group
+``hashes``      (N, 32) uint8      PDQ hash, reference bit order (:mod:`.pdq`)
+``quality``     (N,) uint8         PDQ quality 0-100 (under 50: the hash is not matched)
+``embeddings``  (N, D) float16     unit-length model embeddings (D = 0: a hash-only list)
+==============  =================  ==========================================================
+
+Search: FAISS (``faiss-cpu``): inner product over the unit embeddings, exact
+(``IndexFlatIP``) under :data:`APPROX_MIN` entries and approximate (IVF with 8-bit scalar
+quantisation, re-ranked exactly) from there; Hamming search over the PDQ hashes with a
+brute-force binary index or, from :data:`APPROX_MIN` entries, FAISS's multi-index hashing
+(16 tables of 16 bits; with one bit flipped per table every hash within distance 31 is found).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import threading
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from ..errors import ConfigError, IndexModelMismatchError, MatchIndexError, MissingExtraError
+from ..matching import Match
+from ..modelpack import ModelPackage
+from .pdq import HASH_BYTES, MIN_QUALITY, from_hex, hamming, pdq_hash, to_hex
+
+__all__ = [
+    "APPROX_MIN",
+    "DEFAULT_HASH_THRESHOLD",
+    "DEFAULT_SIMILARITY_THRESHOLD",
+    "INDEX_FORMAT",
+    "MatchIndex",
+    "load_index",
+    "read_pdq_list",
+]
+
+INDEX_FORMAT = "wildvision-match-index"
+INDEX_FORMAT_VERSION = 1
+# Defaults chosen with benchmarks/match_robustness.py (docs/match.md): the largest distance /
+# smallest similarity whose false matches against unrelated photos stayed <= 0.1 %.
+DEFAULT_HASH_THRESHOLD = 31
+DEFAULT_SIMILARITY_THRESHOLD = 0.90
+APPROX_MIN = 100_000  # from this many entries: approximate search (benchmarks/match_speed.py)
+MODES = ("either", "hash", "embedding", "both")
+ENGINES = ("auto", "exact", "ivf")
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as e:
+        raise MissingExtraError("faiss-cpu", "match", "known-photo search") from e
+    return faiss
+
+
+def _unit(x: NDArray[Any]) -> NDArray[np.float32]:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None]
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    out: NDArray[np.float32] = x / np.maximum(n, np.float32(1e-12))
+    return out
+
+
+def model_fingerprint(package: ModelPackage, precision: str = "fp32") -> dict[str, Any]:
+    """What identifies the embeddings a model package makes: name, version, precision and the
+    sha256 of the ONNX file (already verified against the card when the package loaded)."""
+    name = "model.int8.onnx" if precision == "int8" else "model.onnx"
+    sha = package.card.files.get(name, "")
+    if not sha:
+        raise ConfigError(f"model {package.card.name} has no {name}")
+    return {"model": package.card.name, "model_version": package.card.version,
+            "precision": precision, "embedding_sha256": sha}
+
+
+@dataclass
+class _Engines:
+    emb: Any = None        # faiss index over the embeddings (row ids = entry ids)
+    emb_kind: str = ""
+    hashes: Any = None     # faiss binary index over the good-quality hashes
+    hash_ids: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+class MatchIndex:
+    """Hashes and embeddings of known photos, with their references, labels and groups.
+
+    Build one with :func:`wildvision.match.build_index`, load one with :func:`load_index`, pass
+    it to :class:`~wildvision.Classifier` / ``classify_images(..., match_index=...)``.
+
+    Attributes:
+        hash_threshold: a PDQ distance ``<=`` this is a hash match (default 31).
+        similarity_threshold: an embedding cosine ``>=`` this is an embedding match.
+        mode: which matches count: ``either`` (default), ``hash``, ``embedding`` or ``both``.
+        decision: the decision a photo with a match gets at least (``flag`` or ``review``).
+        top_k: matches listed per photo at most.
+        engine: ``auto`` (exact under :data:`APPROX_MIN` entries), ``exact`` or ``ivf``.
+        nprobe: IVF lists searched per query (approximate engine).
+    """
+
+    def __init__(
+        self,
+        header: dict[str, Any] | None = None,
+        *,
+        references: Sequence[str] = (),
+        labels: Sequence[str] = (),
+        groups: Sequence[str] = (),
+        hashes: NDArray[np.uint8] | None = None,
+        quality: NDArray[np.uint8] | None = None,
+        embeddings: NDArray[Any] | None = None,
+        hash_threshold: int | None = None,
+        similarity_threshold: float | None = None,
+        mode: str | None = None,
+        decision: str | None = None,
+        top_k: int = 5,
+        engine: str = "auto",
+        nprobe: int = 32,
+    ) -> None:
+        head = dict(header or {})
+        n = len(references)
+        dim = int(head.get("embedding_dim",
+                           0 if embeddings is None else int(np.shape(embeddings)[1])))
+        head["embedding_dim"] = dim
+        self.header = head
+        self.references = [str(r) for r in references]
+        self.labels = [str(v) for v in labels]
+        self.groups = [str(v) for v in groups]
+        self.hashes = (np.zeros((n, HASH_BYTES), np.uint8) if hashes is None
+                       else np.ascontiguousarray(hashes, dtype=np.uint8))
+        self.quality = (np.zeros(n, np.uint8) if quality is None
+                        else np.asarray(quality, dtype=np.uint8))
+        self.embeddings = (np.zeros((n, dim), np.float16) if embeddings is None
+                           else np.asarray(embeddings, dtype=np.float16))
+        policy = dict(head.get("policy", {}))
+        self.hash_threshold = int(hash_threshold if hash_threshold is not None
+                                  else policy.get("hash_threshold", DEFAULT_HASH_THRESHOLD))
+        self.similarity_threshold = float(
+            similarity_threshold if similarity_threshold is not None
+            else policy.get("similarity_threshold", DEFAULT_SIMILARITY_THRESHOLD))
+        self.mode = str(mode or policy.get("mode", "either"))
+        self.decision = str(decision or policy.get("decision", "flag"))
+        self.top_k = top_k
+        self.engine = engine
+        self.nprobe = nprobe
+        self._lock = threading.Lock()
+        self._engines: _Engines | None = None
+        self._validate()
+
+    # -- consistency -----------------------------------------------------------------------
+    def _validate(self) -> None:
+        n = len(self.references)
+        if not (len(self.labels) == len(self.groups) == n == len(self.hashes)
+                == len(self.quality) == len(self.embeddings)):
+            raise MatchIndexError(
+                f"index arrays differ in length: {n} references, {len(self.labels)} labels, "
+                f"{len(self.groups)} groups, {len(self.hashes)} hashes, {len(self.quality)} "
+                f"qualities, {len(self.embeddings)} embeddings")
+        if self.hashes.shape[1:] != (HASH_BYTES,):
+            raise MatchIndexError(f"hashes must be (N, {HASH_BYTES}) bytes, got "
+                                  f"{self.hashes.shape}")
+        dim = int(self.header["embedding_dim"])
+        if self.embeddings.shape[1:] != (dim,):
+            raise MatchIndexError(f"embeddings must be (N, {dim}), got {self.embeddings.shape}")
+        if dim and not np.isfinite(self.embeddings.astype(np.float32)).all():
+            raise MatchIndexError("index embeddings contain NaN or infinite values")
+        dup = _duplicates(self.references)
+        if dup:
+            raise MatchIndexError(f"duplicate references in the index: {dup[:5]}"
+                                  f"{' ...' if len(dup) > 5 else ''}")
+        if any(not r for r in self.references):
+            raise MatchIndexError("every indexed photo needs a non-empty reference")
+        if not 0 <= self.hash_threshold <= 64:
+            raise ConfigError(f"hash_threshold must be in 0..64, got {self.hash_threshold}")
+        if not -1.0 <= self.similarity_threshold <= 1.0:
+            raise ConfigError("similarity_threshold must be in -1..1, got "
+                              f"{self.similarity_threshold}")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.decision not in ("flag", "review"):
+            raise ConfigError(f"decision must be 'flag' or 'review', got {self.decision!r}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.top_k < 1 or self.nprobe < 1:
+            raise ConfigError("top_k and nprobe must be >= 1")
+
+    def __len__(self) -> int:
+        return len(self.references)
+
+    def __repr__(self) -> str:
+        return (f"MatchIndex({len(self)} photos, model={self.header.get('model')!r}, "
+                f"embedding_dim={self.embedding_dim}, id={id(self):#x})")
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.header["embedding_dim"])
+
+    @property
+    def shared(self) -> bool:
+        return bool(self.header.get("shared", False))
+
+    def entry_ids(self) -> list[str]:
+        """A content id per entry: the first 16 hex digits of the sha256 of its hash and
+        embedding bytes. A shared index uses them as references; the index they came from
+        finds them again with ``find_ids``."""
+        out = []
+        for i in range(len(self)):
+            h = hashlib.sha256(self.hashes[i].tobytes())
+            h.update(self.embeddings[i].tobytes())
+            out.append(h.hexdigest()[:16])
+        return out
+
+    def find_ids(self, ids: Iterable[str]) -> list[int]:
+        """Row numbers of entries whose :meth:`entry_ids` are in ``ids``."""
+        want = set(ids)
+        return [i for i, e in enumerate(self.entry_ids()) if e in want]
+
+    def policy(self) -> dict[str, Any]:
+        return {"hash_threshold": self.hash_threshold,
+                "similarity_threshold": self.similarity_threshold,
+                "mode": self.mode, "decision": self.decision}
+
+    # -- the classifier's interface (wildvision.matching.KnownImageIndex) -------------------
+    def check_model(self, package: ModelPackage, precision: str = "fp32") -> None:
+        """Refuse a model whose embeddings are not those of the index (a hash-only index
+        works with any model).
+
+        Raises:
+            IndexModelMismatchError: another model file made the index's embeddings.
+        """
+        if not self.embedding_dim:
+            return
+        fp = model_fingerprint(package, precision)
+        if fp["embedding_sha256"] != self.header.get("embedding_sha256"):
+            raise IndexModelMismatchError(
+                f"the index was made with {self.header.get('model')} "
+                f"{self.header.get('model_version')} ({self.header.get('precision')}, model "
+                f"sha256 {str(self.header.get('embedding_sha256'))[:12]}…), not with "
+                f"{fp['model']} {fp['model_version']} ({precision}, sha256 "
+                f"{fp['embedding_sha256'][:12]}…): its embeddings are not comparable; "
+                "rebuild the index with this model or classify with the index's model")
+
+    def image_keys(self, image: Image.Image) -> tuple[bytes, bytes, int]:
+        """PDQ hash of the image and of its mirror image, and the quality."""
+        h, q = pdq_hash(image)
+        hm, _ = pdq_hash(image, mirror=True)
+        return h, hm, q
+
+    def lookup(self, keys: Sequence[Any], embeddings: NDArray[Any] | None
+               ) -> list[tuple[Match, ...]]:
+        """Matches of a batch of photos: one tuple per photo, best first.
+
+        Args:
+            keys: :meth:`image_keys` of each photo (or ``None``: embedding only).
+            embeddings: the photos' model embeddings (N, D), or ``None`` (hash only).
+        """
+        n = len(keys)
+        if embeddings is not None and len(embeddings) != n:
+            raise MatchIndexError(f"{n} keys but {len(embeddings)} embeddings")
+        if len(self) == 0 or n == 0:
+            return [() for _ in range(n)]
+        eng = self._get_engines()
+        cands: list[dict[int, None]] = [{} for _ in range(n)]
+        q = None
+        if self.embedding_dim and embeddings is not None and self.mode != "hash":
+            if embeddings.shape[1] != self.embedding_dim:
+                raise IndexModelMismatchError(
+                    f"query embeddings have {embeddings.shape[1]} dimensions, the index "
+                    f"{self.embedding_dim}")
+            q = _unit(embeddings)
+            k = min(len(self), max(self.top_k, 10))
+            _, ids = eng.emb.search(q, k)
+            for row in range(n):
+                for i in ids[row]:
+                    if i >= 0:
+                        cands[row][int(i)] = None
+        qh = qm = None
+        good = np.zeros(n, bool)
+        if eng.hashes is not None and self.mode != "embedding":
+            qh = np.zeros((n, HASH_BYTES), np.uint8)
+            qm = np.zeros((n, HASH_BYTES), np.uint8)
+            for row, key in enumerate(keys):
+                if key is not None and key[2] >= MIN_QUALITY:
+                    qh[row] = np.frombuffer(key[0], np.uint8)
+                    qm[row] = np.frombuffer(key[1], np.uint8)
+                    good[row] = True
+            if good.any():
+                both = np.concatenate([qh[good], qm[good]])
+                lims, _, hid = eng.hashes.range_search(both, self.hash_threshold + 1)
+                hit_rows = np.flatnonzero(good).tolist()
+                m = len(hit_rows)
+                for j, row in enumerate(hit_rows):
+                    for part in (j, j + m):
+                        for i in hid[lims[part]:lims[part + 1]]:
+                            cands[row][int(eng.hash_ids[i])] = None
+        out: list[tuple[Match, ...]] = []
+        for row in range(n):
+            ids_ = np.fromiter(cands[row], dtype=np.int64, count=len(cands[row]))
+            if not len(ids_):
+                out.append(())
+                continue
+            sims = (self.embeddings[ids_].astype(np.float32) @ q[row]
+                    if q is not None else None)
+            dists = None
+            if qh is not None and qm is not None and good[row]:
+                dists = np.minimum(hamming(self.hashes[ids_], qh[row]),
+                                   hamming(self.hashes[ids_], qm[row]))
+            found = []
+            for j, i in enumerate(ids_):
+                sim = float(sims[j]) if sims is not None else None
+                dist = (int(dists[j]) if dists is not None and self.quality[i] >= MIN_QUALITY
+                        else None)
+                by_hash = dist is not None and dist <= self.hash_threshold
+                by_emb = sim is not None and sim >= self.similarity_threshold
+                ok = {"either": by_hash or by_emb, "hash": by_hash, "embedding": by_emb,
+                      "both": by_hash and by_emb}[self.mode]
+                if not ok:
+                    continue
+                by = "both" if by_hash and by_emb else ("hash" if by_hash else "embedding")
+                found.append(Match(self.references[i], self.labels[i], self.groups[i],
+                                   None if sim is None else min(1.0, max(-1.0, sim)),
+                                   dist, by))
+            found.sort(key=lambda m: (-(m.similarity if m.similarity is not None else -2.0),
+                                      m.hash_distance if m.hash_distance is not None else 999))
+            out.append(tuple(found[: self.top_k]))
+        return out
+
+    # -- search engines ---------------------------------------------------------------------
+    def _engine_kind(self) -> str:
+        if self.engine == "auto":
+            return "exact" if len(self) < APPROX_MIN else "ivf"
+        return self.engine
+
+    def _get_engines(self) -> _Engines:
+        with self._lock:
+            if self._engines is None:
+                self._engines = self._build_engines()
+            return self._engines
+
+    def _build_engines(self) -> _Engines:
+        faiss = _faiss()
+        eng = _Engines()
+        kind = self._engine_kind()
+        n = len(self)
+        if self.embedding_dim:
+            x = self.embeddings.astype(np.float32)
+            d = self.embedding_dim
+            if kind == "exact":
+                eng.emb = faiss.IndexFlatIP(d)
+            else:
+                nlist = int(min(max(16, 4 * np.sqrt(n)), max(1, n // 39)))
+                quant = faiss.IndexFlatIP(d)
+                ivf = faiss.IndexIVFScalarQuantizer(quant, d, nlist,
+                                                    faiss.ScalarQuantizer.QT_8bit,
+                                                    faiss.METRIC_INNER_PRODUCT)
+                rng = np.random.default_rng(0)
+                sample = x if n <= 64 * nlist else x[rng.choice(n, 64 * nlist, replace=False)]
+                ivf.train(sample)
+                ivf.nprobe = min(self.nprobe, nlist)
+                eng.emb = ivf
+            eng.emb.add(x)
+            eng.emb_kind = kind
+        good = np.flatnonzero(self.quality >= MIN_QUALITY)
+        if len(good):
+            if kind == "exact":
+                hidx = faiss.IndexBinaryFlat(8 * HASH_BYTES)
+            else:
+                hidx = faiss.IndexBinaryMultiHash(8 * HASH_BYTES, 16, 16)
+                # 16 tables of 16 bits, one bit flipped per table: every hash within
+                # 16 * 2 - 1 = 31 bits shares a table key with the query (pigeonhole).
+                hidx.nflip = 1 if self.hash_threshold <= 31 else 2
+            hidx.add(np.ascontiguousarray(self.hashes[good]))
+            eng.hashes = hidx
+            eng.hash_ids = good.astype(np.int64)
+        return eng
+
+    def _changed(self) -> None:
+        with self._lock:
+            self._engines = None
+
+    # -- editing ----------------------------------------------------------------------------
+    def add(self, references: Sequence[str], labels: Sequence[str], groups: Sequence[str],
+            hashes: NDArray[np.uint8], quality: NDArray[np.uint8],
+            embeddings: NDArray[Any] | None) -> None:
+        """Append entries (all or none: a duplicate reference raises before any change).
+
+        Raises:
+            MatchIndexError: a reference already in the index or given twice; wrong shapes.
+        """
+        emb = (np.zeros((len(references), 0), np.float16) if embeddings is None
+               else _unit(embeddings).astype(np.float16) if len(references) else
+               np.zeros((0, self.embedding_dim), np.float16))
+        if emb.shape[1] != self.embedding_dim:
+            raise MatchIndexError(f"embeddings of {emb.shape[1]} dimensions for an index of "
+                                  f"{self.embedding_dim}")
+        new = MatchIndex(dict(self.header), references=list(self.references) + list(references),
+                         labels=list(self.labels) + list(labels),
+                         groups=list(self.groups) + list(groups),
+                         hashes=np.concatenate([self.hashes, np.asarray(hashes, np.uint8)
+                                                .reshape(-1, HASH_BYTES)]),
+                         quality=np.concatenate([self.quality, np.asarray(quality, np.uint8)]),
+                         embeddings=np.concatenate([self.embeddings, emb]))
+        self.references, self.labels, self.groups = new.references, new.labels, new.groups
+        self.hashes, self.quality, self.embeddings = new.hashes, new.quality, new.embeddings
+        self._changed()
+
+    def remove(self, references: Iterable[str]) -> int:
+        """Remove entries by reference; returns how many were removed.
+
+        Raises:
+            MatchIndexError: a reference is not in the index (nothing is removed).
+        """
+        drop = set(references)
+        missing = drop - set(self.references)
+        if missing:
+            raise MatchIndexError(f"not in the index: {sorted(missing)[:5]}")
+        keep = np.array([r not in drop for r in self.references], dtype=bool)
+        self._take(np.flatnonzero(keep))
+        return int((~keep).sum())
+
+    def _take(self, rows: NDArray[np.int64]) -> None:
+        self.references = [self.references[i] for i in rows]
+        self.labels = [self.labels[i] for i in rows]
+        self.groups = [self.groups[i] for i in rows]
+        self.hashes = self.hashes[rows]
+        self.quality = self.quality[rows]
+        self.embeddings = self.embeddings[rows]
+        self._changed()
+
+    def merge(self, other: MatchIndex, *, skip_duplicates: bool = False) -> MatchIndex:
+        """A new index with this index's entries and ``other``'s.
+
+        Args:
+            other: an index made with the same model file (or both hash-only).
+            skip_duplicates: keep this index's entry when a reference is in both (default:
+                raise).
+
+        Raises:
+            IndexModelMismatchError: the two were made with different models.
+            MatchIndexError: a reference in both (without ``skip_duplicates``).
+        """
+        if (self.embedding_dim != other.embedding_dim
+                or (self.embedding_dim and self.header.get("embedding_sha256")
+                    != other.header.get("embedding_sha256"))):
+            raise IndexModelMismatchError(
+                f"cannot merge an index of {other.header.get('model')} "
+                f"{other.header.get('model_version')} (embedding size {other.embedding_dim}) "
+                f"into one of {self.header.get('model')} {self.header.get('model_version')} "
+                f"(embedding size {self.embedding_dim})")
+        rows = np.arange(len(other))
+        if skip_duplicates:
+            have = set(self.references)
+            rows = np.array([i for i, r in enumerate(other.references) if r not in have],
+                            dtype=np.int64)
+        out = self.copy()
+        out.header["shared"] = self.shared or other.shared
+        out.add([other.references[i] for i in rows], [other.labels[i] for i in rows],
+                [other.groups[i] for i in rows], other.hashes[rows], other.quality[rows],
+                other.embeddings[rows].astype(np.float32) if self.embedding_dim else None)
+        return out
+
+    def copy(self) -> MatchIndex:
+        return MatchIndex(json.loads(json.dumps(self.header)), references=self.references,
+                          labels=self.labels, groups=self.groups, hashes=self.hashes.copy(),
+                          quality=self.quality.copy(), embeddings=self.embeddings.copy(),
+                          hash_threshold=self.hash_threshold,
+                          similarity_threshold=self.similarity_threshold, mode=self.mode,
+                          decision=self.decision, top_k=self.top_k, engine=self.engine,
+                          nprobe=self.nprobe)
+
+    def for_sharing(self, *, embeddings: bool = True) -> MatchIndex:
+        """A copy to give to another organisation: each reference replaced by its content id
+        (:meth:`entry_ids`), each label by its group; ``embeddings=False`` also drops the
+        embeddings (a hash-only list). Entries whose hash is of too low quality and that
+        have no embedding are left out (nothing could match them)."""
+        ids = self.entry_ids()
+        seen: set[str] = set()
+        rows = []
+        for i in range(len(self)):
+            usable = (embeddings and self.embedding_dim) or self.quality[i] >= MIN_QUALITY
+            if usable and ids[i] not in seen:  # the same photo indexed twice is shared once
+                seen.add(ids[i])
+                rows.append(i)
+        head = {k: v for k, v in self.header.items() if k != "built_from"}
+        head["shared"] = True
+        if not embeddings:
+            for k in ("model", "model_version", "precision", "embedding_sha256"):
+                head.pop(k, None)
+            head["embedding_dim"] = 0
+        sel = np.asarray(rows, dtype=np.int64)
+        return MatchIndex(head, references=[ids[i] for i in rows],
+                          labels=[self.groups[i] for i in rows],
+                          groups=[self.groups[i] for i in rows], hashes=self.hashes[sel],
+                          quality=self.quality[sel],
+                          embeddings=self.embeddings[sel] if embeddings else None)
+
+    # -- files ------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the index to one ``.npz`` file, atomically (temporary file + rename)."""
+        path = Path(path)
+        head = dict(self.header)
+        head.update(format=INDEX_FORMAT, format_version=INDEX_FORMAT_VERSION, count=len(self),
+                    policy=self.policy(), hash="pdq")
+        head.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(
+            timespec="seconds"))
+        arrays = {
+            "header": np.frombuffer(json.dumps(head, sort_keys=True).encode("utf-8"), np.uint8),
+            "references": _str_array(self.references),
+            "labels": _str_array(self.labels),
+            "groups": _str_array(self.groups),
+            "hashes": self.hashes,
+            "quality": self.quality,
+            "embeddings": self.embeddings,
+        }
+        _atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
+        return path
+
+    def write_pdq_list(self, path: str | os.PathLike[str] | None, fmt: str = "te") -> str:
+        """The good-quality PDQ hashes as text, for tools that read plain hash lists.
+
+        Args:
+            path: file to write atomically (``None``: only return the text).
+            fmt: ``te``: one ``pdq <hex>`` line per hash, the line format python-threatexchange's
+                local-file exchange (``LocalFileSignalExchangeAPI``) reads; ``csv``:
+                ``<hex>,<quality>,<group>``, the ``hash,quality,name`` layout of the reference
+                ``pdq-photo-hasher`` output that its ``hashtool256``/``mih-query`` tools read
+                (the group in the name column, never the reference or label).
+        """
+        rows = np.flatnonzero(self.quality >= MIN_QUALITY)
+        if fmt == "te":
+            lines = [f"pdq {to_hex(self.hashes[i].tobytes())}" for i in rows]
+        elif fmt == "csv":
+            lines = [f"{to_hex(self.hashes[i].tobytes())},{int(self.quality[i])},"
+                     f"{_csv_safe(self.groups[i])}" for i in rows]
+        else:
+            raise ConfigError(f"PDQ list format must be 'te' or 'csv', got {fmt!r}")
+        text = "".join(line + "\n" for line in lines)
+        if path is not None:
+            data = text.encode("utf-8")
+            _atomic_write(Path(path), lambda f: f.write(data))
+        return text
+
+
+def _csv_safe(text: str) -> str:
+    return text.replace(",", ";").replace("\n", " ")
+
+
+def _str_array(values: Sequence[str]) -> NDArray[np.str_]:
+    return np.array(list(values), dtype=np.str_) if values else np.zeros(0, dtype="<U1")
+
+
+def _duplicates(values: Sequence[str]) -> list[str]:
+    seen: set[str] = set()
+    dup: list[str] = []
+    for v in values:
+        if v in seen:
+            dup.append(v)
+        seen.add(v)
+    return dup
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+_REQUIRED = ("header", "references", "labels", "groups", "hashes", "quality", "embeddings")
+
+
+def load_index(path: str | os.PathLike[str], **settings: Any) -> MatchIndex:
+    """Load an index file (``.npz``) or a PDQ hash list (``.txt``/``.csv``, hash-only).
+
+    Args:
+        path: the file.
+        **settings: :class:`MatchIndex` settings overriding the file's policy
+            (``hash_threshold``, ``similarity_threshold``, ``mode``, ``decision``, ``top_k``,
+            ``engine``, ``nprobe``).
+
+    Raises:
+        MatchIndexError: unreadable, corrupt or not an index; inconsistent arrays; duplicate
+            references.
+    """
+    p = Path(path)
+    if p.suffix.lower() in (".txt", ".csv", ".pdq"):
+        return read_pdq_list(p, **settings)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            missing = [k for k in _REQUIRED if k not in z.files]
+            if missing:
+                raise MatchIndexError(f"{p}: not a wildvision match index (no {missing})")
+            data = {k: z[k] for k in _REQUIRED}
+    except MatchIndexError:
+        raise
+    except FileNotFoundError:
+        raise MatchIndexError(f"{p}: no such index file") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
+        raise MatchIndexError(f"{p}: unreadable or corrupt index file ({e})") from e
+    try:
+        head = json.loads(data["header"].tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MatchIndexError(f"{p}: corrupt index header ({e})") from e
+    if not isinstance(head, dict) or head.get("format") != INDEX_FORMAT:
+        raise MatchIndexError(f"{p}: not a wildvision match index (header format "
+                              f"{head.get('format') if isinstance(head, dict) else None!r})")
+    if int(head.get("format_version", 0)) > INDEX_FORMAT_VERSION:
+        raise MatchIndexError(f"{p}: index format {head.get('format_version')} is newer than "
+                              f"this wildvision reads ({INDEX_FORMAT_VERSION}); upgrade")
+    for k, kind in (("hashes", "u"), ("quality", "u"), ("embeddings", "f"),
+                    ("references", "U"), ("labels", "U"), ("groups", "U")):
+        if data[k].dtype.kind != kind:
+            raise MatchIndexError(f"{p}: array {k} has dtype {data[k].dtype}")
+    if len(data["embeddings"]) and data["embeddings"].ndim != 2:
+        raise MatchIndexError(f"{p}: embeddings must be 2-D")
+    try:
+        return MatchIndex(head, references=data["references"].tolist(),
+                          labels=data["labels"].tolist(), groups=data["groups"].tolist(),
+                          hashes=data["hashes"], quality=data["quality"],
+                          embeddings=data["embeddings"].reshape(len(data["references"]), -1)
+                          if data["embeddings"].size or len(data["references"]) else
+                          data["embeddings"], **settings)
+    except MatchIndexError as e:
+        raise MatchIndexError(f"{p}: {e}") from e
+    except ValueError as e:
+        raise MatchIndexError(f"{p}: inconsistent index arrays ({e})") from e
+
+
+def read_pdq_list(path: str | os.PathLike[str], **settings: Any) -> MatchIndex:
+    """Read a plain PDQ hash list into a hash-only index.
+
+    Reads both forms :meth:`MatchIndex.write_pdq_list` writes: ``pdq <hex>`` lines
+    (python-threatexchange local files) and ``<hex>,<quality>,<name>`` lines (the reference
+    ``pdq-photo-hasher`` output); blank lines and ``#`` comments are skipped. Each entry's
+    reference is ``<file name>:<line number>``; its label and group are the name column
+    (``unknown`` when absent).
+
+    Raises:
+        MatchIndexError: a line that is neither form, or an invalid hash (with its line number).
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MatchIndexError(f"{p}: no such hash list") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise MatchIndexError(f"{p}: unreadable hash list ({e})") from e
+    refs, groups, hashes, quality = [], [], [], []
+    for no, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        try:
+            if "," in s:
+                parts = s.split(",", 2)
+                h = from_hex(parts[0])
+                q = int(parts[1]) if len(parts) > 1 else 100
+                name = parts[2].strip() if len(parts) > 2 else "unknown"
+            else:
+                kind, _, rest = s.partition(" ")
+                if kind.lower() != "pdq":
+                    raise MatchIndexError(f"signal type {kind!r} is not pdq")
+                h, q, name = from_hex(rest), 100, "unknown"
+            if not 0 <= q <= 100:
+                raise MatchIndexError(f"quality {q} is not in 0..100")
+        except (MatchIndexError, ValueError) as e:
+            raise MatchIndexError(f"{p}, line {no}: {e}") from None
+        refs.append(f"{p.name}:{no}")
+        groups.append(name or "unknown")
+        hashes.append(np.frombuffer(h, np.uint8))
+        quality.append(q)
+    head = {"embedding_dim": 0, "shared": True, "imported_from": p.name}
+    return MatchIndex(head, references=refs, labels=groups, groups=groups,
+                      hashes=np.array(hashes, np.uint8).reshape(-1, HASH_BYTES),
+                      quality=np.array(quality, np.uint8), **settings)

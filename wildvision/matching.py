@@ -1,0 +1,80 @@
+"""Known-photo matches in classification results: the :class:`Match` record and the interface
+a known-photo index offers the :class:`~wildvision.predict.Classifier`.
+
+The index itself (PDQ hashes, embeddings, FAISS search, the file format) lives in
+:mod:`wildvision.match` behind the ``[match]`` extra; the core only calls the two methods of
+:class:`KnownImageIndex`, so it never imports that subpackage. Pass a loaded index:
+
+    >>> from wildvision.match import load_index  # doctest: +SKIP
+    >>> classify_images(paths, match_index=load_index("known.npz"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+from .modelpack import ModelPackage
+
+__all__ = ["KnownImageIndex", "Match"]
+
+
+@dataclass(frozen=True)
+class Match:
+    """A known photo that a classified photo matches.
+
+    Attributes:
+        reference: the indexed photo's reference (a case id, a listing URL, or an opaque entry
+            id in a shared index).
+        label: its label (the group only, in a shared index).
+        group: its taxonomy group (``ivory``, ``live_protected`` ...).
+        similarity: cosine similarity of the two model embeddings (-1..1), ``None`` when the
+            index holds no embeddings (a hash-only list).
+        hash_distance: Hamming distance of the PDQ hashes (0..256; the smaller of the photo's
+            and its mirror image's), ``None`` when either hash is of too low quality.
+        by: what matched: ``"hash"``, ``"embedding"`` or ``"both"``.
+    """
+
+    reference: str
+    label: str
+    group: str
+    similarity: float | None
+    hash_distance: int | None
+    by: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reference": self.reference,
+            "label": self.label,
+            "group": self.group,
+            "similarity": None if self.similarity is None else round(self.similarity, 6),
+            "hash_distance": self.hash_distance,
+            "by": self.by,
+        }
+
+
+@runtime_checkable
+class KnownImageIndex(Protocol):
+    """What the classifier needs from a known-photo index (:class:`wildvision.match.MatchIndex`).
+
+    ``decision`` (``"flag"`` or ``"review"``) is the decision a photo with at least one match
+    gets at least: a match raises the decision, never lowers it.
+    """
+
+    decision: str
+
+    def check_model(self, package: ModelPackage, precision: str) -> None:
+        """Raise :class:`~wildvision.errors.IndexModelMismatchError` when the index's
+        embeddings were not made by this model file."""
+
+    def image_keys(self, image: Image.Image) -> Any:
+        """Per-image hash keys, computed in the decode threads from the decoded image."""
+
+    def lookup(self, keys: Sequence[Any], embeddings: np.ndarray | None
+               ) -> list[tuple[Match, ...]]:
+        """The matches of a batch (one tuple per image, best first; empty when none passes
+        the index's thresholds)."""
