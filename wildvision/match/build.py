@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataError, MatchIndexError
-from ..imaging import decode_image
+from ..imaging import IMAGE_EXTENSIONS, decode_image
 from ..predict import Classifier, Failure, Prediction
 from ..taxonomy import FINE_LABELS, GROUP_NAMES, group_of
 from .index import MatchIndex, model_fingerprint
@@ -23,9 +23,6 @@ from .pdq import HASH_BYTES, pdq_hash
 
 __all__ = ["KnownPhoto", "add_photos", "build_index", "photos_from_folder",
            "photos_from_manifest"]
-
-_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
-
 
 @dataclass(frozen=True)
 class KnownPhoto:
@@ -56,7 +53,7 @@ def photos_from_folder(folder: str | os.PathLike[str], *, group: str = "") -> li
         raise DataError(f"{root}: not a folder")
     out = []
     for f in sorted(root.rglob("*")):
-        if f.is_file() and f.suffix.lower() in _EXTENSIONS:
+        if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
             rel = f.relative_to(root)
             label = rel.parent.name if rel.parent != Path(".") else ""
             out.append(KnownPhoto(str(f), rel.as_posix(), label, _group(label, group)))
