@@ -35,6 +35,7 @@ _PLUGINS = {
     "bench": "wildvision.bench._cli",
     "serve": "wildvision.serve._cli",
     "export": "wildvision.export._cli",
+    "calibrate": "wildvision.calibrate._cli",
 }
 CSV_FIELDS = (
     "source", "ok", "decision", "flagged_groups", "top_group", "top_label",
