@@ -25,6 +25,7 @@ from .errors import ModelNotInstalledError as ModelNotInstalledError
 from .errors import UnknownModelError as UnknownModelError
 from .errors import UnsupportedFormatError as UnsupportedFormatError
 from .errors import WildvisionError as WildvisionError
+from .explain import Explanation as Explanation
 from .imaging import load_image as load_image
 from .modelpack import ModelCard as ModelCard
 from .modelpack import ModelPackage as ModelPackage
@@ -44,6 +45,7 @@ __all__ = [
     "Classifier",
     "ConfigError",
     "DataError",
+    "Explanation",
     "Failure",
     "GroupResult",
     "ImageTooLargeError",

@@ -140,6 +140,8 @@ def _load_done(path: Path, fmt: str) -> dict[str, bool]:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
+    if args.explain and args.engine == "ray":
+        raise ConfigError("--explain is not supported with --engine ray")
     if args.engine == "ray":
         mod = importlib.import_module("wildvision.scale._cli")
         return int(mod.run_classify(args))
@@ -158,11 +160,13 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         raise ConfigError("no inputs: give image files or folders (or --files-from)")
     inputs = collect_inputs(paths, args.recursive)
     thresholds = Thresholds.parse(args.threshold or [])
+    if args.explain and args.format != "jsonl":
+        raise ConfigError("--explain writes heatmaps into --format jsonl only")
     # Load the model before touching the output file: a bad model or option leaves it intact.
     clf = Classifier(
         args.model, backend=args.backend, precision=args.precision, threads=args.threads,
         decode_workers=args.decode_workers, thresholds=thresholds or None, top_k=args.top_k,
-        open_set=args.open_set,
+        open_set=args.open_set, explain=args.explain,
     )
     append = False
     failed = 0
@@ -263,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--open-set", action=argparse.BooleanOptionalAction, default=True,
                    help="apply the model's familiarity gate: a flag on a photo unlike every "
                    "training photo becomes review (default: on; --no-open-set: off)")
+    c.add_argument("--explain", action="store_true",
+                   help="add a heatmap of where the model saw the most probable flaggable "
+                   "group to each result (jsonl; shown by `wildvision review`)")
     c.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="ray: score with Ray Data ([scale] extra), output must be .parquet")
     c.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

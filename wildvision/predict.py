@@ -17,6 +17,15 @@ import numpy as np
 
 from .calibration import softmax
 from .errors import ConfigError, WildvisionError
+from .explain import (
+    Explanation,
+    activation_maps,
+    displayed_size,
+    group_direction,
+    heatmap_on_image,
+    top_flaggable,
+)
+from .head import LinearHead, head_weights
 from .imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, decode_image, source_name
 from .matching import KnownImageIndex, Match
 from .modelpack import ModelPackage, Thresholds
@@ -79,6 +88,8 @@ class Prediction:
         familiarity: similarity of the photo to the nearest training photo
             (:mod:`wildvision.openset`), ``None`` when the model has no reference set or the
             gate is off.
+        explanation: where the model saw the most probable flaggable group
+            (:class:`~wildvision.explain.Explanation`), only when asked for (``explain=True``).
         unfamiliar: the gate turned at least one ``flag`` into ``review`` (the photo is below
             the familiarity threshold of a group it would have been flagged for; its
             probabilities are unchanged).
@@ -103,6 +114,7 @@ class Prediction:
     unfamiliar: bool = False
     matches: tuple[Match, ...] | None = None
     known_image: bool = False
+    explanation: Explanation | None = field(default=None, repr=False, compare=False)
 
     ok = True
 
@@ -154,6 +166,8 @@ class Prediction:
             d["known_image"] = self.known_image
         if self.embedding is not None:
             d["embedding"] = list(self.embedding)
+        if self.explanation is not None:
+            d["explanation"] = self.explanation.to_dict()
         return d
 
     def to_json(self) -> str:
@@ -260,6 +274,7 @@ class _Prepared:
     size: tuple[int, int] = (0, 0)
     error: BaseException | None = None
     match_keys: Any = None
+    decoded_size: tuple[int, int] = (0, 0)
 
 
 class Classifier:
@@ -282,6 +297,8 @@ class Classifier:
         match_index: a known-photo index (:func:`wildvision.match.load_index`, ``[match]``
             extra): each prediction lists its ``matches``, and a photo with a match is
             decided at least ``flag`` (the index's ``decision``).
+        explain: put in each prediction a heatmap of where the model saw its most probable
+            flaggable group (:mod:`wildvision.explain`).
 
     Raises:
         IndexModelMismatchError: ``match_index`` was made with another model.
@@ -307,6 +324,7 @@ class Classifier:
         return_embedding: bool = False,
         open_set: bool = True,
         match_index: KnownImageIndex | None = None,
+        explain: bool = False,
     ) -> None:
         self.package = resolve_model(model)
         self.card = self.package.card
@@ -337,6 +355,10 @@ class Classifier:
         self._group_matrix = np.zeros((len(labels), len(self._groups)), dtype=np.float64)
         for i, lab in enumerate(labels):
             self._group_matrix[i, self._groups.index(self.card.label_groups[lab])] = 1.0
+        self.explain_top = explain
+        self._head: LinearHead | None = None
+        if explain:
+            self._explainer()  # fail now, not on the first image, when the model cannot explain
         self._runs = runs
         self._lock = threading.BoundedSemaphore(runs)  # at most `runs` model runs at once
 
@@ -372,7 +394,7 @@ class Classifier:
             keys = (self.match_index.image_keys(dec.image)
                     if self.match_index is not None else None)
             return _Prepared(index, name, tensor, dec.sha256, dec.original_size,
-                             match_keys=keys)
+                             match_keys=keys, decoded_size=dec.image.size)
         except Exception as e:  # a decoder bug must not take the batch down; keep its type
             return _Prepared(index, name, error=e)
 
@@ -396,9 +418,73 @@ class Classifier:
         outputs["group_probabilities"] = probs @ self._group_matrix
         return outputs
 
+    # -- explanations --------------------------------------------------------------------
+    def _explainer(self) -> LinearHead:
+        """The head weights explanations need (read once); checks the model can explain."""
+        if self._head is None:
+            if "features" not in self.backend.output_names:
+                raise ConfigError(
+                    f"model {self.card.name} has no 'features' output: it cannot be explained "
+                    f"(outputs: {', '.join(self.backend.output_names)})"
+                )
+            self._head = head_weights(
+                self.package, self.precision if self.backend.name == "onnx" else "fp32"
+            )
+        return self._head
+
+    def _explanations(self, out: Mapping[str, np.ndarray], rows: Sequence[_Prepared],
+                      groups: Sequence[str | None]) -> list[Explanation | None]:
+        """Explain ``groups[i]`` (``None``: nothing) in row ``i`` of a batch's outputs."""
+        head = self._explainer()
+        labels = self.card.labels
+        label_group = np.array([self.card.label_groups[lab] for lab in labels])
+        wanted = [i for i, g in enumerate(groups) if g is not None]
+        result: list[Explanation | None] = [None] * len(groups)
+        if not wanted:
+            return result
+        masks = np.stack([label_group == groups[i] for i in wanted])
+        dirs = group_direction(head.weight, out["probabilities"][wanted], masks)
+        cams = activation_maps(out["features"][wanted], dirs)
+        cfg = self.card.preprocess
+        for k, i in enumerate(wanted):
+            p = rows[i]
+            image_size = displayed_size(p.decoded_size, p.size)
+            heat, box = heatmap_on_image(cams[k], cfg, p.decoded_size, image_size)
+            g = groups[i]
+            assert g is not None
+            prob = float(out["group_probabilities"][i][self._groups.index(g)])
+            result[i] = Explanation(g, prob, heat, image_size, box)
+        return result
+
+    def explain(self, source: ImageSource, group: str | None = None) -> Explanation:
+        """Where the model sees ``group`` in one image (default: its most probable flaggable
+        group), whatever the decision.
+
+        Raises:
+            InvalidImageError: a bad input.
+            ConfigError: the model has no group ``group``, or cannot be explained.
+        """
+        if group is not None and group not in self._groups:
+            raise ConfigError(f"model {self.card.name} has no group {group!r} "
+                              f"(groups: {', '.join(self._groups)})")
+        p = self._prepare(0, source)
+        if p.error is not None:
+            raise p.error
+        self._explainer()
+        with self._lock:
+            out = self.predict_arrays(p.tensor[None])  # type: ignore[index]
+        if group is None:
+            group = top_flaggable(self._groups, FLAGGABLE_GROUPS, out["group_probabilities"][0])
+            if group is None:
+                raise ConfigError(f"model {self.card.name} has no flaggable group to explain")
+        exp = self._explanations(out, [p], [group])[0]
+        assert exp is not None
+        return exp
+
     def _make_prediction(self, p: _Prepared, probs: np.ndarray, gprobs: np.ndarray,
                          emb: np.ndarray | None, familiarity: float | None = None,
-                         matches: tuple[Match, ...] | None = None) -> Prediction:
+                         matches: tuple[Match, ...] | None = None,
+                         explanation: Explanation | None = None) -> Prediction:
         groups = []
         overall = "pass"
         unfamiliar = False
@@ -440,6 +526,7 @@ class Classifier:
             unfamiliar=unfamiliar,
             matches=matches,
             known_image=known,
+            explanation=explanation,
         )
 
     def _infer(self, prepared: list[_Prepared], batch: np.ndarray | None = None
@@ -466,12 +553,19 @@ class Classifier:
                 emb = out.get("embedding") if self.return_embedding else None
                 fam = (self.familiarity.score(out["embedding"])
                        if self.familiarity is not None and "embedding" in out else None)
+                exps: list[Explanation | None] = [None] * len(ok)
+                if self.explain_top:
+                    exps = self._explanations(out, ok, [
+                        top_flaggable(self._groups, FLAGGABLE_GROUPS, gp)
+                        for gp in out["group_probabilities"]
+                    ])
                 for row, p in enumerate(ok):
                     results[p.index] = self._make_prediction(
                         p, out["probabilities"][row], out["group_probabilities"][row],
                         emb[row] if emb is not None else None,
                         float(fam[row]) if fam is not None else None,
                         found[row] if found is not None else None,
+                        exps[row],
                     )
         return [results[p.index] for p in prepared]
 
