@@ -26,7 +26,8 @@ from wildvision.explain import (
     render_overlay,
 )
 from wildvision.head import head_weights, read_onnx_head
-from wildvision.modelpack import load_package, write_card
+from wildvision.modelcard_md import write_card
+from wildvision.modelpack import load_package
 from wildvision.predict import Classifier
 from wildvision.preprocess import PreprocessConfig, preprocess_image, resize_crop
 
