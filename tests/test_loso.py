@@ -71,5 +71,8 @@ def test_loso_holds_the_source_out_and_benches_on_it(shared_data: Path, tmp_path
     assert "watch" not in card["labels"] and "live_turtle_tortoise" in card["labels"]
     metrics = json.loads((out / "bench" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["provenance"]["images"] == len(test)
+    no_gate = json.loads((out / "bench-no-gate" / "metrics.json").read_text(encoding="utf-8"))
+    assert no_gate["provenance"]["images"] == len(test)
+    assert '"open_set": false' in json.dumps(no_gate) and '"open_set": true' in json.dumps(metrics)
     benign = metrics["models"][0]["benign"]
     assert benign["by_source"]["caltech101"]["n"] == 5 + 5  # its watches and everyday objects

@@ -2,20 +2,26 @@
 source it never saw?
 
     python training/loso.py --holdout-source caltech101 \
-        --recipe training/recipes/wildvision-base-v1.yaml --out runs/loso/caltech101
+        --recipe training/recipes/wildvision-base-v2.yaml --out runs/loso/caltech101 \
+        --cache-dir runs/wildvision-base-v2/cache
 
 Steps (each an ordinary wildvision command, printed before it runs):
 
 1. ``wildvision data split`` of the reference manifest with ``--holdout-source``: every image
-   of the source (and anything duplicating it) goes to ``test``; the rest is split 70/15/15 as
-   usual (seed 0, the same rule as the committed split).
+   of the source (and anything duplicating it) goes to ``test``; every other image keeps its
+   split in the reference manifest (``--keep-splits``), so the LOSO model is validated and
+   tested on the same photos of the other sources as the full model, and its training photos
+   are a subset of the full model's.
 2. The training manifest: the ``train`` and ``val`` rows of that split, minus the fine labels
    with fewer than ``labels.min_train`` training images once the source is gone (e.g. Caltech
    was the only source of ``furniture``, ``watch``, ``everyday_object``). Those labels are
    listed; the model cannot output them, which is exactly the situation LOSO measures.
-3. ``wildvision train`` with the recipe, unchanged.
+3. ``wildvision train`` with the recipe, unchanged. With ``--cache-dir`` pointing at the full
+   run's cache, the trunk cache is gathered from the full run's (same backbone, augmentation
+   and seed; each photo keeps the augmented views drawn for it there) instead of recomputed.
 4. ``wildvision bench`` of the trained package on the split's ``test`` rows: the held-out
-   source plus the other sources' usual test images. Per-source numbers are in the report
+   source plus the other sources' usual test images, with its open-set gate and without
+   (``bench`` and ``bench-no-gate``). Per-source numbers are in the report
    (``false_flag_rate_by_source``, ``per_source``).
 
 Needs ``pip install -e ".[train,bench]"`` and the photos in ``../shared/data``.
@@ -50,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="folder for everything of the run")
     ap.add_argument("--manifest", type=Path, default=REFERENCE)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache-dir", type=Path, default=None,
+                    help="cache folder of the full run (its trunk cache is reused)")
+    ap.add_argument("--fresh-split", action="store_true",
+                    help="re-split the other sources 70/15/15 instead of keeping the "
+                         "reference manifest's split")
     ap.add_argument("--skip-train", action="store_true",
                     help="reuse OUT/run/package (e.g. to re-bench)")
     a = ap.parse_args(argv)
@@ -63,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     split = out / "split.csv"
     _run(["wildvision", "data", "split", str(a.manifest), "--seed", str(a.seed),
           "--holdout-source", a.holdout_source, "--out", str(split),
-          "--report", str(out / "split.json")])
+          "--report", str(out / "split.json"),
+          *([] if a.fresh_split else ["--keep-splits", str(a.manifest)])])
 
     recipe = load_recipe(a.recipe)
     m = read_manifest(split)
@@ -88,9 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     run = out / "run"
     if not a.skip_train:
         _run(["wildvision", "train", "--data", str(trainval), "--recipe", str(a.recipe),
-              "--out", str(run), "--no-progress"])
+              "--out", str(run), "--no-progress",
+              *(["--cache-dir", str(a.cache_dir)] if a.cache_dir else [])])
     _run(["wildvision", "bench", "-m", str(run / "package"), "--data", str(split),
           "--split", "test", "--out", str(out / "bench"), "--no-progress", "--no-plots"])
+    _run(["wildvision", "bench", "-m", str(run / "package"), "--data", str(split),
+          "--split", "test", "--out", str(out / "bench-no-gate"), "--no-progress",
+          "--no-plots", "--no-open-set"])
     return 0
 
 

@@ -110,3 +110,40 @@ class TrunkCache:
                              f"{self.shape}")
         self.array = arr
         return arr
+
+
+TRUNK_INDEX = "images.json"
+
+
+def write_trunk_index(cache: TrunkCache, base_key: str, images: list[str]) -> None:
+    """Record which images (in row order) a complete trunk cache holds, and its key without
+    the image list, so a run on a subset of them can gather its rows (:func:`find_donor`)."""
+    path = cache.dir / TRUNK_INDEX
+    if path.is_file() or not cache.complete:
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"base_key": base_key, "images": images}), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def find_donor(root: Path, base_key: str, images: list[str], shape: tuple[int, ...]
+               ) -> tuple[np.ndarray, np.ndarray] | None:
+    """A complete trunk cache under ``root`` with the same ``base_key`` (backbone, weights,
+    preprocessing, augmentation, seed, views) whose images include all of ``images``:
+    ``(its array, the row of each image)``, or ``None``."""
+    for index in sorted((Path(root) / "trunk").glob(f"*/{TRUNK_INDEX}")):
+        try:
+            meta = json.loads(index.read_text(encoding="utf-8"))
+            if meta.get("base_key") != base_key:
+                continue
+            row = {img: i for i, img in enumerate(meta["images"])}
+            if not all(img in row for img in images):
+                continue
+            arr: np.ndarray = np.load(index.parent / "trunk.npy", mmap_mode="r")
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if tuple(arr.shape[1:]) != tuple(shape[1:]) or not (index.parent / "complete.json"
+                                                           ).is_file():
+            continue
+        return arr, np.array([row[img] for img in images], dtype=np.int64)
+    return None

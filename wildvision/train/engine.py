@@ -46,7 +46,7 @@ from ..modelpack import ModelCard, Thresholds, load_package
 from ..preprocess import PreprocessConfig, normalize
 from ..taxonomy import FLAGGABLE_GROUPS, GROUP_NAMES
 from ..torch_model import WildvisionNet, export_onnx, load_state_file, save_state_file
-from .caches import EmbeddingCache, TrunkCache, cache_key
+from .caches import EmbeddingCache, TrunkCache, cache_key, find_donor, write_trunk_index
 from .data import EvalDataset, Sample, TrainData, TrainDataset, prepare_data, worker_init
 from .head import class_weights, fit_linear_head
 from .metrics import evaluate, macro_f1
@@ -322,15 +322,30 @@ class _FineTuner:
             probe = trunk(self.model, self.k,
                           torch.zeros(1, 3, self.cfg.input_size, self.cfg.input_size))
         shape = (len(self.data.train), views, *probe.shape[1:])
-        key = cache_key(kind="trunk", k=self.k, views=views, dtype=r.trunk_cache.dtype,
-                        aug=r.augmentation, seed=r.seed, images=[s.sha256 or str(s.path)
-                                                                 for s in self.data.train],
-                        **self.cache_meta)
+        images = [s.sha256 or str(s.path) for s in self.data.train]
+        parts = {"kind": "trunk", "k": self.k, "views": views, "dtype": r.trunk_cache.dtype,
+                 "aug": r.augmentation, "seed": r.seed, **self.cache_meta}
+        key = cache_key(images=images, **parts)
         tc = TrunkCache(self.cache_root, key, shape, r.trunk_cache.dtype,
                         {"shape": shape, **self.cache_meta})
+        donor = None if tc.complete else find_donor(self.cache_root, cache_key(**parts), images,
+                                                    shape)
         if tc.complete:
             tc.open_for_read()
             log.info("trunk cache: reusing %s", tc.path)
+        elif donor is not None:
+            # Same backbone, weights, preprocessing, augmentation and seed, computed for a
+            # superset of these images (e.g. the full run, for a leave-one-source-out run):
+            # each image keeps the augmented views drawn for it there.
+            t0 = time.perf_counter()
+            arr = tc.open_for_write()
+            src, idx = donor
+            for lo in range(0, len(idx), 512):
+                arr[lo:lo + 512] = src[idx[lo:lo + 512]]
+            tc.mark_complete()
+            log.info("trunk cache: %d images gathered from %s in %.1f s", len(idx),
+                     src.filename if isinstance(src, np.memmap) else "a donor cache",
+                     time.perf_counter() - t0)
         else:
             log.info("trunk cache: computing %d images x %d views, %s (%.1f MB)", shape[0],
                      views, tuple(shape[2:]), tc.nbytes / 1e6)
@@ -350,6 +365,7 @@ class _FineTuner:
             bar.close()
             tc.mark_complete()
             log.info("trunk cache: built in %.1f s", time.perf_counter() - t0)
+        write_trunk_index(tc, cache_key(**parts), images)
         self.trunk_cache = tc
         vals = []
         with torch.no_grad():
