@@ -199,6 +199,68 @@ def scores_from_results(results: str | Path, data: str | Path, package: ModelPac
         gated=(f < gate[None, :]), failures=tuple(fails), manifest_sha256=manifest.sha256)
 
 
+def scores_from_bench(predictions: str | Path, package: ModelPackage, *,
+                      sources: Sequence[str] | None = None,
+                      groups_only: Sequence[str] | None = None) -> LabelledScores:
+    """The arrays of :func:`score_manifest` from a ``wildvision bench`` ``predictions.jsonl``
+    of ``package`` (group probabilities summed from its label probabilities; the gate applied
+    with ``package``'s thresholds to the recorded familiarity). ``sources`` / ``groups_only``
+    keep only rows of those sources / true groups."""
+    from ..bench.predictions import read_predictions
+
+    pset = read_predictions(predictions)
+    runs = list(pset.models)
+    if len(runs) != 1:
+        raise DataError(f"{predictions}: expected the predictions of one model, found "
+                        f"{len(runs)}")
+    run = runs[0]
+    label_groups = run.label_groups
+    groups = tuple(package.card.groups)
+    if set(label_groups.values()) != set(groups):
+        raise ConfigError(f"{predictions}: its model's groups do not match {package.card.name}")
+    paths, truth, probs, fams, fails = [], [], [], [], []
+    for rec in run.records:
+        if sources is not None and rec.get("source") not in sources:
+            continue
+        if groups_only is not None and rec.get("group") not in groups_only:
+            continue
+        if not rec.get("ok"):
+            fails.append((str(rec.get("path")), f"{rec.get('error_type')}: {rec.get('message')}"))
+            continue
+        if rec.get("group") not in GROUP_NAMES:
+            continue
+        gp = dict.fromkeys(groups, 0.0)
+        for lab, p in rec["probabilities"].items():
+            gp[label_groups[lab]] += float(p)
+        paths.append(str(rec["path"]))
+        truth.append(str(rec["group"]))
+        probs.append([gp[g] for g in groups])
+        fam = rec.get("familiarity")
+        fams.append(float(fam) if fam is not None else np.inf)
+    if not paths:
+        raise DataError(f"{predictions}: no labelled, readable rows were selected")
+    gate = _gate_thresholds(package, groups)
+    f = np.asarray(fams, dtype=np.float64)[:, None]
+    return LabelledScores(paths=tuple(paths), true_groups=tuple(truth), groups=groups,
+                          probabilities=np.asarray(probs, dtype=np.float64),
+                          gated=(f < gate[None, :]), failures=tuple(fails),
+                          manifest_sha256=str(pset.run.get("manifest_sha256", "")))
+
+
+def concat_scores(parts: Sequence[LabelledScores]) -> LabelledScores:
+    """One score set of several (same groups), e.g. in-source validation photos and the
+    out-of-source photos of leave-one-source-out models."""
+    if not parts or len({p.groups for p in parts}) != 1:
+        raise ConfigError("concat_scores needs score sets of the same groups")
+    return LabelledScores(
+        paths=tuple(x for p in parts for x in p.paths),
+        true_groups=tuple(x for p in parts for x in p.true_groups), groups=parts[0].groups,
+        probabilities=np.concatenate([p.probabilities for p in parts]),
+        gated=np.concatenate([p.gated for p in parts]),
+        failures=tuple(x for p in parts for x in p.failures),
+        manifest_sha256="+".join(p.manifest_sha256 for p in parts if p.manifest_sha256))
+
+
 def _flaggable_thresholds(package: ModelPackage) -> dict[str, Thresholds]:
     card = package.card
     return {g: card.threshold(g) for g in card.groups if g in FLAGGABLE_GROUPS}
@@ -269,11 +331,12 @@ def policy_block(result: PolicyResult, curve: list[dict[str, Any]], after: Mappi
     counts: dict[str, int] = {}
     for g in scores.true_groups:
         counts[g] = counts.get(g, 0) + 1
-    return {**result.to_dict(), "measured": dict(after), "tradeoff_curve": curve,
+    src = dict(source or {})
+    extra = {"cross_source": src.pop("cross_source")} if "cross_source" in src else {}
+    return {**result.to_dict(), "measured": dict(after), "tradeoff_curve": curve, **extra,
             "calibration_photos": {"count": len(scores.paths), "by_group": counts,
                                    "manifest_sha256": scores.manifest_sha256,
-                                   "unreadable": len(scores.failures),
-                                   **dict(source or {})}}
+                                   "unreadable": len(scores.failures), **src}}
 
 
 def _write(package: ModelPackage, result: PolicyResult, curve: list[dict[str, Any]],
