@@ -115,6 +115,36 @@ def test_hand_computed_small_example() -> None:
     assert b["by_source"]["cats"]["failed"] == 1
     assert b["failures"]["count"] == 1 and b["failures"]["items"][0]["path"] == "g"
     assert b["failures"]["by_type"] == {"InvalidImageError": 1}
+    # review load: f (a cat scored 0.35 tiger) is the one benign review
+    assert ben["review_rate"] == pytest.approx(1 / 3)
+    assert ben["by_source"]["cats"]["review_rate"] == 1.0
+    assert ben["by_fine_label"]["domestic_cat"]["pass_rate"] == 0.0
+    assert ben["by_fine_label"]["ceramics"]["pass_rate"] == 0.5
+
+
+def test_review_budget_curve_matches_the_policy_on_the_same_photos() -> None:
+    from wildvision.modelpack import Thresholds
+    from wildvision.policy import ReviewPolicy, decide, derive_thresholds
+
+    recs = random_records(400, 3)
+    b = evaluate_model(model_run(records=recs), n_resamples=0)
+    curve = b["review_budget_curve"]
+    assert [r["review_budget"] for r in curve] == [0.005, 0.01, 0.02, 0.05, 0.1, 0.2]
+    groups = ["ivory", "live_protected_animal", "benign"]
+    gp = np.array([[sum(p for lab, p in r["probabilities"].items() if LABEL_GROUPS[lab] == g)
+                    for g in groups] for r in recs])
+    truth = [r["group"] for r in recs]
+    current = {g: Thresholds(**t) for g, t in THRESHOLDS.items()}
+    for row in curve:
+        assert row["benign_review_share"] <= row["review_budget"]
+        res = derive_thresholds(gp, truth, groups, current,
+                                ReviewPolicy(review_budget=row["review_budget"]))
+        assert {g: t.to_dict() for g, t in res.thresholds.items()} == row["thresholds"]
+        d = decide(gp, groups, res.thresholds)
+        benign = np.array(truth) == "benign"
+        assert np.mean(d[benign] == 1) == pytest.approx(row["benign_review_share"], abs=1e-6)
+    recall = [r["seen_recall"] for r in curve]
+    assert recall == sorted(recall)
 
 
 def random_records(n: int, seed: int) -> list[dict[str, Any]]:

@@ -488,6 +488,8 @@ def _benign_block(d: EvalData, est: Mapping[str, M.Estimate]) -> dict[str, Any]:
         by_source[src] = {
             "n": k,
             "false_flag_rate": float(np.mean(d.overall[m] == FLAG)),
+            "review_rate": float(np.mean(d.overall[m] == REVIEW)),
+            "pass_rate": float(np.mean(d.overall[m] == PASS)),
             "flagged_as": _flagged_as(d, m),
         }
     by_label: dict[str, Any] = {}
@@ -499,16 +501,42 @@ def _benign_block(d: EvalData, est: Mapping[str, M.Estimate]) -> dict[str, Any]:
         by_label[lab] = {
             "n": k,
             "false_flag_rate": float(np.mean(d.overall[m] == FLAG)),
+            "review_rate": float(np.mean(d.overall[m] == REVIEW)),
+            "pass_rate": float(np.mean(d.overall[m] == PASS)),
             "flagged_as": _flagged_as(d, m),
         }
     return {
         "n": n,
         "false_flag_rate": est["false_flag_rate"].to_dict(),
         "flag_or_review_rate": float(np.mean(d.overall[mask] <= REVIEW)) if n else None,
+        "review_rate": float(np.mean(d.overall[mask] == REVIEW)) if n else None,
         "flagged_as": _flagged_as(d, mask),
         "by_source": by_source,
         "by_fine_label": by_label,
     }
+
+
+def _budget_curve(d: EvalData, records: Sequence[Mapping[str, Any]], info: Mapping[str, Any]
+                  ) -> list[dict[str, Any]] | None:
+    """Flag recall and review share against the review budget, thresholds derived on these
+    photos (:func:`wildvision.policy.tradeoff_curve`; the open-set gate as the model applied
+    it, from each photo's familiarity)."""
+    from ..modelpack import Thresholds
+    from ..policy import tradeoff_curve
+
+    current = {g: Thresholds(float(t["flag"]), float(t["review"]))
+               for g, t in (info.get("thresholds") or {}).items() if g in d.groups}
+    if not current or "benign" not in d.groups or not np.any(d.true_g == d.groups.index("benign")):
+        return None
+    gate = info.get("open_set_thresholds") or {}
+    fam = np.array([float(r["familiarity"]) if r.get("familiarity") is not None else np.inf
+                    for r in records], dtype=np.float64)
+    limits = np.array([float(gate.get(g, -1.0)) for g in d.groups], dtype=np.float64)
+    gated = fam[:, None] < limits[None, :]
+    truth = [d.groups[i] for i in d.true_g]
+    rows = tradeoff_curve(d.gprob, truth, d.groups, current, gated=gated)
+    return [{"review_budget": r["review_budget"], "thresholds": r["thresholds"],
+             **r["calibration"]} for r in rows]
 
 
 def _decisions_block(d: EvalData, records: Sequence[dict[str, Any]] | None = None
@@ -605,6 +633,7 @@ def evaluate_model(run: ModelRun, *, n_resamples: int = 1000, seed: int = 0,
     block["decisions"] = _decisions_block(d, labelled)
     block["binary"] = _binary_block(d, positive_groups, n_resamples, seed) \
         if positive_groups else None
+    block["review_budget_curve"] = _budget_curve(d, labelled, info)
     block["coverage"] = {
         "groups_not_covered": {g: int(support[i]) for i, g in enumerate(d.groups)
                                if g not in d.model_groups and support[i]},

@@ -288,17 +288,32 @@ def _model_section(b: Mapping[str, Any], plots: Mapping[str, str], n_resamples: 
                   f"{_ci(ben['false_flag_rate'])}; flagged or sent to review "
                   f"{_pct(ben['flag_or_review_rate'])}.", ""]
             groups = list((ben.get("flagged_as") or {}).keys())
-            rows = [[lab, v["n"], _pct(v["false_flag_rate"]),
+            rows = [[lab, v["n"], _pct(v["false_flag_rate"]), _pct(v.get("review_rate")),
                      *(_pct(v["flagged_as"].get(g)) for g in groups)]
                     for lab, v in ben["by_fine_label"].items()]
-            L += _table(["benign fine label", "n", "flagged", *(f"as {g}" for g in groups)],
-                        rows)
+            L += _table(["benign fine label", "n", "flagged", "review",
+                         *(f"as {g}" for g in groups)], rows)
             L.append("")
-            rows = [[src, v["n"], _pct(v["false_flag_rate"]),
+            rows = [[src, v["n"], _pct(v["false_flag_rate"]), _pct(v.get("review_rate")),
                      *(_pct(v["flagged_as"].get(g)) for g in groups)]
                     for src, v in ben["by_source"].items()]
-            L += _table(["source (benign images)", "n", "flagged",
+            L += _table(["source (benign images)", "n", "flagged", "review",
                          *(f"as {g}" for g in groups)], rows)
+        curve = b.get("review_budget_curve")
+        if curve:
+            L += ["", "### Review budget", "",
+                  "Thresholds derived on these images for each review budget (share of benign "
+                  "images that may go to review; flag thresholds at 95% precision; "
+                  "`wildvision calibrate` does this on your own labelled photos), and what "
+                  "they give here.", ""]
+            rows = [[_pct(r["review_budget"]), _pct(r.get("benign_review_share")),
+                     _pct(r.get("benign_flag_share")), _pct(r.get("flag_recall")),
+                     _pct(r.get("seen_recall")),
+                     "; ".join(f"{g} {t['flag']:.3f}/{t['review']:.3f}"
+                               for g, t in r["thresholds"].items())]
+                    for r in curve]
+            L += _table(["budget", "benign to review", "benign flagged", "flag recall",
+                         "flagged or reviewed", "thresholds (flag/review)"], rows)
         L += ["", "### Per source", "",
               "A drop on one source shows a distribution shift.", ""]
         rows = [[src, v["n"], v["failed"], _fmt(v["accuracy_group"]), _fmt(v["accuracy_fine"]),
@@ -565,4 +580,10 @@ def card_metrics(metrics_json: str | os.PathLike[str] | Mapping[str, Any],
                                       for s, v in (ben.get("by_source") or {}).items()},
         "false_flag_rate_by_benign_label": {lab: v["false_flag_rate"]
                                             for lab, v in (ben.get("by_fine_label") or {}).items()},
+        "benign_review_rate": ben.get("review_rate"),
+        "review_rate_by_source": {s: v.get("review_rate")
+                                  for s, v in (ben.get("by_source") or {}).items()},
+        "pass_rate_by_benign_label": {lab: v.get("pass_rate")
+                                      for lab, v in (ben.get("by_fine_label") or {}).items()},
+        "review_budget_curve": b.get("review_budget_curve"),
     }

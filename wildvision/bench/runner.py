@@ -259,6 +259,8 @@ def predict_to_file(
             w.write(_model_info(key, clf, {
                 "spec": str(spec), "backend": backend, "precision": precision,
                 "open_set": clf.familiarity is not None,
+                "open_set_thresholds": (dict(clf.familiarity.thresholds)
+                                        if clf.familiarity is not None else None),
                 "batch_size": batch_size, "threads": threads,
                 "decode_workers": clf.decode_workers,
             }))
