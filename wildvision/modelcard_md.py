@@ -194,6 +194,52 @@ def _metrics_md(metrics: Mapping[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def _pct(v: Any) -> str:
+    return "–" if v is None else f"{100 * float(v):.1f}%"
+
+
+def _policy_md(pol: Mapping[str, Any]) -> str:
+    """The ``policy`` block: the budget, the thresholds it gave, the trade-off curve."""
+    meas = pol.get("measured") or {}
+    out = [f"Review budget {_pct(pol.get('review_budget'))} of benign photos; flag precision "
+           f"{pol.get('flag_precision')}. Benign photos of the calibration set sent to review: "
+           f"{_pct(pol.get('benign_review_share'))} (budget met: {pol.get('budget_met')})."]
+    for note in pol.get("notes") or []:
+        out.append(f"Note: {note}")
+    src = pol.get("calibration_photos") or {}
+    out.append("Calibration photos: " + ", ".join(
+        f"{k}: {v}" for k, v in src.items() if k not in ("by_group",)))
+    if meas:
+        rows = [[name, str(v.get("benign", "")), _pct(v.get("benign_review_share")),
+                 _pct(v.get("benign_flag_share")), _pct(v.get("flag_recall")),
+                 _pct(v.get("seen_recall"))] for name, v in meas.items()]
+        out.append(_table(rows, ["photos", "benign", "benign to review", "benign flagged",
+                                 "flag recall", "flagged or reviewed"]))
+    cross = pol.get("cross_source") or {}
+    if cross:
+        out.append("Thresholds derived without each held-out source, measured on it:")
+        out.append(_table([[s, str(v.get("benign", "")), _pct(v.get("benign_review_share")),
+                            _pct(v.get("benign_flag_share")), _pct(v.get("flag_recall"))]
+                           for s, v in cross.items()],
+                          ["held-out source", "benign", "to review", "flagged",
+                           "flag recall"]))
+    curve = pol.get("tradeoff_curve") or []
+    if curve:
+        sets = [k for k in curve[0] if isinstance(curve[0][k], Mapping) and k != "thresholds"]
+        rows = []
+        for r in curve:
+            cells = [_pct(r.get("review_budget"))]
+            for k in sets:
+                v = r[k]
+                cells.append(f"{_pct(v.get('benign_review_share'))} / "
+                             f"{_pct(v.get('flag_recall'))} / {_pct(v.get('seen_recall'))}")
+            rows.append(cells)
+        out.append("Trade-off curve (thresholds derived for each budget; per photo set: "
+                   "benign to review / flag recall / flagged or reviewed):")
+        out.append(_table(rows, ["budget", *sets]))
+    return "\n\n".join(out)
+
+
 def render_card(card: ModelCard) -> str:
     """The Markdown model card of ``card``."""
     ex = dict(card.extra)
@@ -222,6 +268,18 @@ def render_card(card: ModelCard) -> str:
         + _table(th_rows, ["group", "flag", "review"])
         + f"\n\nTemperature (calibration): {card.temperature:.4f}",
     )
+    pol = ex.get("policy")
+    if isinstance(pol, Mapping):
+        md += _section("Review-budget policy", _policy_md(pol))
+    lineage = ex.get("lineage")
+    if isinstance(lineage, list) and lineage:
+        md += _section("Lineage", _table(
+            [[str(i + 1), str(st.get("step", "")), f"{st.get('base', '')} "
+              f"{st.get('base_version', '')}",
+              ", ".join(f"{k}={v}" for k, v in st.items()
+                        if k not in ("step", "base", "base_version", "base_files"))[:300]]
+             for i, st in enumerate(lineage) if isinstance(st, Mapping)],
+            ["#", "step", "from", "details"]))
     fam = ex.get("familiarity")
     if isinstance(fam, Mapping):
         md += _section(
