@@ -146,6 +146,34 @@ def _pair(value: Any, ci: Any) -> str:
     return f"{value:.3f}"
 
 
+def _lookup(card: ModelCard, path: list[str]) -> Any:
+    """``["metrics", block, ...]`` or ``["extra", key, ...]`` in the card; ``value`` of a
+    ``{value, ci95}`` entry."""
+    root: Any = card.metrics if path[0] == "metrics" else card.extra
+    return _v(root, *path[1:])
+
+
+def target_value(card: ModelCard, t: dict[str, Any]) -> tuple[Any, bool]:
+    """The number a target is about, and whether it meets the target. ``op`` is ``>=`` or
+    ``<=``, or ``within`` (absolute difference to the value at ``of`` at most ``target``)."""
+    got = _lookup(card, t["path"])
+    if t["op"] == "within":
+        ref = _lookup(card, t["of"])
+        if got is None or ref is None:
+            return None, False
+        got = abs(float(got) - float(ref))
+    if got is None:
+        return None, False
+    ok = float(got) >= t["target"] if t["op"] == ">=" else float(got) <= t["target"]
+    return got, ok
+
+
+def _fmt_target(v: Any, t: dict[str, Any]) -> str:
+    if v is None:
+        return "not measured"
+    return _p(v) if t.get("unit") == "%" else f"{float(v):.3f}"
+
+
 def readme_section(card: ModelCard, package_dir: Path) -> str:
     """The README's section on the default model, from its card alone (so it cannot drift)."""
     m, x = card.metrics, card.extra
@@ -261,8 +289,16 @@ def readme_section(card: ModelCard, package_dir: Path) -> str:
                      f"{_f(_v(on, 'headline', 'flag_recall'))} / "
                      f"{_f(_v(off, 'headline', 'flag_recall'))} |")
         L.append("")
-    if x.get("readme_targets"):
-        L += [str(x["readme_targets"]), ""]
+    targets = x.get("targets") or []
+    if targets:
+        L += ["**Targets** (each checked against the card's numbers when this section is "
+              "generated):", ""]
+        for t in targets:
+            got, ok = target_value(card, t)
+            mark = "met" if ok else "**not met**"
+            L.append(f"- {t['what']}: {_fmt_target(got, t)} (target {t['op']} "
+                     f"{_fmt_target(t['target'], t)}) — {mark}")
+        L.append("")
     L.append(README_END)
     return "\n".join(L)
 

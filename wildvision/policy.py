@@ -152,8 +152,9 @@ def _review_at(gp: NDArray[np.float64], groups: Sequence[str], flags: Mapping[st
             r = f
         else:
             k = min(len(sorted_scores) - 1, int(np.floor((1.0 - q) * len(sorted_scores))))
-            # just above the k-th smallest benign score: at most a share q of them reach it
-            r = float(np.nextafter(sorted_scores[k], np.inf))
+            # above the k-th smallest benign score, on a 1e-6 grid (so that recomputing a
+            # score in another order of float operations cannot move it across)
+            r = (np.floor(float(sorted_scores[k]) * 1e6) + 1) / 1e6
         th[g] = Thresholds(flag=f, review=min(max(r, 0.0), f))
     d = decide(gp, groups, th, gated=gated)
     return th, float(np.mean(d == REVIEW)) if len(d) else 0.0, (
