@@ -20,9 +20,9 @@ Steps (each an ordinary wildvision command, printed before it runs):
    run's cache, the trunk cache is gathered from the full run's (same backbone, augmentation
    and seed; each photo keeps the augmented views drawn for it there) instead of recomputed.
 4. ``wildvision bench`` of the trained package on the split's ``test`` rows: the held-out
-   source plus the other sources' usual test images, with its open-set gate and without
-   (``bench`` and ``bench-no-gate``). Per-source numbers are in the report
-   (``false_flag_rate_by_source``, ``per_source``).
+   source plus the other sources' usual test images, with its open-set gate (``bench``) and
+   without (``bench-no-gate``: the same predictions, decisions re-made without the gate).
+   Per-source numbers are in the report (``false_flag_rate_by_source``, ``per_source``).
 
 Needs ``pip install -e ".[train,bench]"`` and the photos in ``../shared/data``.
 """
@@ -46,6 +46,43 @@ REFERENCE = Path("datasets/wildvision-ref/manifest.csv")
 def _run(cmd: list[str]) -> None:
     print("+ " + shlex.join(cmd), flush=True)
     subprocess.run(cmd, check=True)
+
+
+_SEVERITY = {"flag": 2, "review": 1, "pass": 0}
+
+
+def _without_gate(src: Path, dst: Path) -> None:
+    """``src`` (a bench predictions.jsonl) with every decision made without the open-set gate:
+    a group's flag / review from its probability (the sum of its labels') and thresholds."""
+    models: dict[str, dict[str, object]] = {}
+    lines = []
+    for line in src.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if rec.get("record") == "model":
+            rec["open_set"] = False
+            rec["open_set_thresholds"] = None
+            models[rec["model_key"]] = rec
+        elif rec.get("record") == "image" and rec.get("ok"):
+            info = models[rec["model_key"]]
+            lg: dict[str, str] = info["label_groups"]  # type: ignore[assignment]
+            th: dict[str, dict[str, float]] = info["thresholds"]  # type: ignore[assignment]
+            gp: dict[str, float] = {}
+            for lab, p in rec["probabilities"].items():
+                gp[lg[lab]] = gp.get(lg[lab], 0.0) + float(p)
+            dec = {}
+            for g in rec["decisions"]:
+                t = th.get(g)
+                p = gp.get(g, 0.0)
+                dec[g] = ("pass" if t is None else "flag" if p >= t["flag"] else
+                          "review" if p >= t["review"] else "pass")
+            rec["decisions"] = dec
+            rec["decision"] = max(dec.values(), key=_SEVERITY.__getitem__, default="pass")
+            rec.pop("familiarity", None)
+            rec.pop("unfamiliar", None)
+        lines.append(json.dumps(rec))
+    dst.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,9 +141,12 @@ def main(argv: list[str] | None = None) -> int:
               *(["--cache-dir", str(a.cache_dir)] if a.cache_dir else [])])
     _run(["wildvision", "bench", "-m", str(run / "package"), "--data", str(split),
           "--split", "test", "--out", str(out / "bench"), "--no-progress", "--no-plots"])
-    _run(["wildvision", "bench", "-m", str(run / "package"), "--data", str(split),
-          "--split", "test", "--out", str(out / "bench-no-gate"), "--no-progress",
-          "--no-plots", "--no-open-set"])
+    # The same predictions with the gate off: decisions re-made from the recorded
+    # probabilities and thresholds alone (no second model run), then rendered.
+    ungated = out / "predictions-no-gate.jsonl"
+    _without_gate(out / "bench" / "predictions.jsonl", ungated)
+    _run(["wildvision", "bench", "render", str(ungated), "--out", str(out / "bench-no-gate"),
+          "--no-plots"])
     return 0
 
 
