@@ -581,7 +581,7 @@ def evaluate_model(run: ModelRun, *, n_resamples: int = 1000, seed: int = 0,
     model = {k: info.get(k) for k in (
         "name", "version", "spec", "path", "card_sha256", "files", "arch", "labels",
         "label_groups", "thresholds", "temperature", "backend", "precision", "batch_size",
-        "threads")}
+        "threads", "open_set")}
     model["groups"] = [g for g in GROUP_NAMES if g in set(run.label_groups.values())]
     failed_by_type = Counter(str(r.get("error_type", "")) for r in failed)
     failed_by_source = Counter(str(r.get("source") or "") for r in failed)
