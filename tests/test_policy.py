@@ -128,3 +128,12 @@ def test_bad_policy_and_data() -> None:
                           ReviewPolicy())
     with pytest.raises(ConfigError, match="do not match"):
         derive_thresholds(gp[:, :2], truth, GROUPS, CURRENT, ReviewPolicy())
+
+
+def test_flag_thresholds_never_go_under_the_floor() -> None:
+    gp, truth = _data()
+    low = derive_thresholds(gp, truth, GROUPS, CURRENT, ReviewPolicy(min_flag=0.0))
+    assert min(t.flag for t in low.thresholds.values()) < 0.5   # clean data: very low
+    res = derive_thresholds(gp, truth, GROUPS, CURRENT, ReviewPolicy(min_flag=0.5))
+    assert all(t.flag >= 0.5 for t in res.thresholds.values())
+    assert res.flag_choice["ivory"]["floor"] == 0.5

@@ -58,11 +58,14 @@ class ReviewPolicy:
         flag_precision: precision a ``flag`` of each group must reach on the calibration data.
         min_positives: a group's flag threshold is only re-derived from at least this many
             photos of it; otherwise it keeps its current one.
+        min_flag: floor of a derived flag threshold: a calibrated probability under it never
+            flags, however clean the calibration photos are (0.5, as training uses).
     """
 
     review_budget: float = 0.02
     flag_precision: float = 0.95
     min_positives: int = 20
+    min_flag: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.review_budget < 1.0:
@@ -71,10 +74,12 @@ class ReviewPolicy:
             raise ConfigError(f"flag precision must be in (0, 1], got {self.flag_precision}")
         if self.min_positives < 1:
             raise ConfigError(f"min_positives must be >= 1, got {self.min_positives}")
+        if not 0.0 <= self.min_flag <= 1.0:
+            raise ConfigError(f"min_flag must be in [0, 1], got {self.min_flag}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"review_budget": self.review_budget, "flag_precision": self.flag_precision,
-                "min_positives": self.min_positives}
+                "min_positives": self.min_positives, "min_flag": self.min_flag}
 
 
 @dataclass(frozen=True)
@@ -215,9 +220,10 @@ def derive_thresholds(
                    f"precision {policy.flag_precision} not reached at any threshold")
             choice[g] = {"kept": th.flag, "why": why, "positives": n_pos}
         else:
-            flags[g] = float(np.floor(c.threshold * 1e6) / 1e6)
-            choice[g] = {"threshold": flags[g], "precision": round(c.precision, 6),
-                         "recall": round(c.recall, 6), "positives": n_pos}
+            flags[g] = max(float(np.floor(c.threshold * 1e6) / 1e6), policy.min_flag)
+            choice[g] = {"threshold": flags[g], "precision_at_lowest": round(c.precision, 6),
+                         "lowest": round(c.threshold, 6), "recall_at_lowest": round(c.recall, 6),
+                         "positives": n_pos, "floor": policy.min_flag}
     idx = [list(groups).index(g) if g in groups else -1 for g in flags]
     bgp = gp[benign]
     bgated = gated[benign] if gated is not None else None

@@ -44,6 +44,8 @@ def register(subparsers: Any) -> None:
                    help="precision each group's flag must reach (default 0.95)")
     p.add_argument("--min-positives", type=int, default=20, metavar="N",
                    help="re-derive a group's flag threshold only from at least N photos of it")
+    p.add_argument("--min-flag", type=float, default=0.5, metavar="P",
+                   help="never flag under this calibrated probability (default 0.5)")
     p.add_argument("--no-open-set", action="store_true",
                    help="calibrate with the open-set gate off")
     p.add_argument("-o", "--out", default=None, metavar="DIR",
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         policy = ReviewPolicy(review_budget=args.review_budget,
                               flag_precision=args.flag_precision,
-                              min_positives=args.min_positives)
+                              min_positives=args.min_positives, min_flag=args.min_flag)
         package = resolve_model(args.model)
         if args.results:
             scores = scores_from_results(args.results, args.data, package, split=args.split,
