@@ -56,7 +56,7 @@ def test_shipped_recipes_parse(path: Path) -> None:
 
 def test_recipes_exist() -> None:
     names = {p.name for p in RECIPES}
-    assert {"quick.yaml", "wildvision-base-v1.yaml"} <= names
+    assert {"quick.yaml", "wildvision-base-v2.yaml"} <= names
 
 
 def test_readme_documents_every_recipe_key() -> None:

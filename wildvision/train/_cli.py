@@ -11,7 +11,7 @@ __all__ = ["register", "run"]
 
 _EPILOG = """\
 examples:
-  wildvision train --data data/manifest.csv --recipe training/recipes/wildvision-base-v1.yaml \\
+  wildvision train --data data/manifest.csv --recipe training/recipes/wildvision-base-v2.yaml \\
       --out runs/base-v1
   wildvision train --data new_species.csv --recipe training/recipes/quick.yaml --out runs/new \\
       --head-only

@@ -473,7 +473,7 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     """Read and validate a recipe YAML file.
 
     Args:
-        path: the recipe file (e.g. ``training/recipes/wildvision-base-v1.yaml``).
+        path: the recipe file (e.g. ``training/recipes/wildvision-base-v2.yaml``).
 
     Returns:
         The recipe; its ``text`` is the file verbatim.
