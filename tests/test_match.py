@@ -290,8 +290,16 @@ def test_duplicates_unreadable_photos_and_editing(real_index: tuple[MatchIndex, 
     with pytest.raises(MatchIndexError, match="duplicate"):
         merged.merge(small)
     assert len(merged.merge(small, skip_duplicates=True)) == len(merged)
+    other_model = small.copy()
+    other_model.header["embedding_sha256"] = "0" * 64
     with pytest.raises(IndexModelMismatchError):
-        merged.merge(index.for_sharing(embeddings=False))
+        merged.merge(other_model)
+    # hash-only entries (a shared list) join an index with embeddings and match by hash only
+    with_list = small.merge(index.for_sharing(embeddings=False))
+    assert len(with_list) == 5 and not with_list.embeddings[1:].any()
+    r = wv.classify_image(ImageOps.mirror(Image.open(paths[2]).convert("RGB")),
+                          match_index=with_list)
+    assert r.matches[0].label == "benign" and r.matches[0].similarity is None
 
 
 def test_sharing_hides_references_and_labels(real_index: tuple[MatchIndex, list[Path]],
@@ -372,3 +380,92 @@ def test_missing_extra_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) ->
         index.lookup([None], None)
     with pytest.raises(wv.MissingExtraError, match=r"wildvision\[match\]"):
         pdq_hash_array(synthetic(0, 256, 192))
+
+
+# -- CLI and service --------------------------------------------------------------------------
+
+
+def test_cli_build_classify_share_import(shared_data: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from wildvision.cli import main
+
+    known = tmp_path / "known"
+    for d, ref, label in INDEXED[:2]:
+        (known / label).mkdir(parents=True)
+        src = _first(shared_data / d)
+        (known / label / f"{ref}.jpg").write_bytes(src.read_bytes())
+    (known / "live_tiger" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    index = tmp_path / "known.npz"
+    assert main(["match", "build", str(known), "-o", str(index)]) == 1  # one unreadable photo
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert summary["count"] == 2 and "broken.jpg" in err
+    assert summary["groups"] == {"ivory": 1, "live_protected_animal": 1}
+    assert main(["match", "show", str(index)]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "wildvision-base"
+
+    query = tmp_path / "query.jpg"
+    ImageOps.mirror(Image.open(known / "live_tiger" / "case-tiger.jpg")).save(query, quality=60)
+    assert main(["classify", str(query), "--match-index", str(index)]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["known_image"] is True and rec["decision"] == "flag"
+    assert rec["matches"][0]["reference"] == "live_tiger/case-tiger.jpg"
+    assert rec["matches"][0]["label"] == "live_tiger"
+
+    shared, te = tmp_path / "shared.npz", tmp_path / "list.txt"
+    assert main(["match", "export", str(index), "-o", str(shared)]) == 0
+    assert main(["match", "export", str(index), "-o", str(te), "-f", "te"]) == 0
+    assert all(line.startswith("pdq ") for line in te.read_text().splitlines())
+    capsys.readouterr()
+    assert main(["classify", str(query), "--match-index", str(shared)]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    shared_id = rec["matches"][0]["reference"]
+    assert rec["matches"][0]["label"] == "live_protected_animal" and "tiger" not in shared_id
+    assert main(["match", "show", str(index), "--find", shared_id]) == 0
+    assert json.loads(capsys.readouterr().out)["reference"] == "live_tiger/case-tiger.jpg"
+
+    partner = tmp_path / "partner.npz"
+    assert main(["match", "import", str(te), "--into", str(partner)]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 2
+    assert main(["match", "merge", str(index), str(partner), "-o",
+                 str(tmp_path / "all.npz")]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 4
+    assert main(["match", "remove", str(index), shared_id, "--ids"]) == 0
+    assert load_index(index).references == ["ivory_carving/case-ivory.jpg"]
+    # bad inputs: typed one-line errors, exit 1; nothing written
+    (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 nope")
+    assert main(["classify", str(query), "--match-index", str(tmp_path / "corrupt.npz")]) == 1
+    assert "corrupt" in capsys.readouterr().err
+    assert main(["match", "remove", str(index), "nope"]) == 1
+    assert main(["classify", str(query), "--match-index", str(index), "-m",
+                 str(Path(__file__).parent / "data" / "tiny-model")]) == 1
+    assert "not comparable" in capsys.readouterr().err
+
+
+def test_service_lists_matches(shared_data: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from wildvision.serve import ServeConfig, create_app
+
+    photo = _first(shared_data / INDEXED[0][0])
+    index, failed = build_index([KnownPhoto(str(photo), "case-1", "live_tiger")],
+                                model=tiny_model_dir)
+    assert not failed
+    path = index.save(tmp_path / "tiny.npz")
+    buf = io.BytesIO()
+    ImageOps.mirror(Image.open(photo).convert("RGB")).save(buf, "JPEG", quality=70)
+    cfg = ServeConfig(model=str(tiny_model_dir), match_index=str(path))
+    with TestClient(create_app(cfg)) as client:
+        for _ in range(200):
+            if client.get("/readyz").status_code == 200:
+                break
+            import time
+
+            time.sleep(0.05)
+        r = client.post("/v1/classify", content=buf.getvalue(),
+                        headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["known_image"] is True and body["matches"][0]["reference"] == "case-1"
+    assert body["decision"] == "flag"

@@ -36,6 +36,7 @@ _PLUGINS = {
     "serve": "wildvision.serve._cli",
     "export": "wildvision.export._cli",
     "calibrate": "wildvision.calibrate._cli",
+    "match": "wildvision.match._cli",
 }
 CSV_FIELDS = (
     "source", "ok", "decision", "flagged_groups", "top_group", "top_label",
@@ -143,6 +144,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     if args.explain and args.engine == "ray":
         raise ConfigError("--explain is not supported with --engine ray")
     if args.engine == "ray":
+        if args.match_index:
+            raise ConfigError("--match-index is not supported with --engine ray")
         mod = importlib.import_module("wildvision.scale._cli")
         return int(mod.run_classify(args))
     from .predict import Classifier
@@ -167,6 +170,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         args.model, backend=args.backend, precision=args.precision, threads=args.threads,
         decode_workers=args.decode_workers, thresholds=thresholds or None, top_k=args.top_k,
         open_set=args.open_set, explain=args.explain,
+        match_index=(importlib.import_module("wildvision.match").load_index(args.match_index)
+                     if args.match_index else None),
     )
     append = False
     failed = 0
@@ -270,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--explain", action="store_true",
                    help="add a heatmap of where the model saw the most probable flaggable "
                    "group to each result (jsonl; shown by `wildvision review`)")
+    c.add_argument("--match-index", default=None, metavar="FILE",
+                   help="known-photo index (wildvision match build; or a PDQ hash list): "
+                   "results list their matches, and a photo with one is flagged ([match] extra)")
     c.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="ray: score with Ray Data ([scale] extra), output must be .parquet")
     c.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

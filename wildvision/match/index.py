@@ -326,7 +326,8 @@ class MatchIndex:
                                    hamming(self.hashes[ids_], qm[row]))
             found = []
             for j, i in enumerate(ids_):
-                sim = float(sims[j]) if sims is not None else None
+                sim = (float(sims[j]) if sims is not None and self.embeddings[i].any()
+                       else None)
                 dist = (int(dists[j]) if dists is not None and self.quality[i] >= MIN_QUALITY
                         else None)
                 by_hash = dist is not None and dist <= self.hash_threshold
@@ -450,7 +451,8 @@ class MatchIndex:
         """A new index with this index's entries and ``other``'s.
 
         Args:
-            other: an index made with the same model file (or both hash-only).
+            other: an index made with the same model file, or a hash-only one (its entries
+                get no embedding here: they match by hash only).
             skip_duplicates: keep this index's entry when a reference is in both (default:
                 raise).
 
@@ -458,9 +460,10 @@ class MatchIndex:
             IndexModelMismatchError: the two were made with different models.
             MatchIndexError: a reference in both (without ``skip_duplicates``).
         """
-        if (self.embedding_dim != other.embedding_dim
-                or (self.embedding_dim and self.header.get("embedding_sha256")
-                    != other.header.get("embedding_sha256"))):
+        hash_only = other.embedding_dim == 0  # its entries match by hash only here
+        if (not hash_only and (self.embedding_dim != other.embedding_dim
+                               or self.header.get("embedding_sha256")
+                               != other.header.get("embedding_sha256"))):
             raise IndexModelMismatchError(
                 f"cannot merge an index of {other.header.get('model')} "
                 f"{other.header.get('model_version')} (embedding size {other.embedding_dim}) "
@@ -475,7 +478,8 @@ class MatchIndex:
         out.header["shared"] = self.shared or other.shared
         out.add([other.references[i] for i in rows], [other.labels[i] for i in rows],
                 [other.groups[i] for i in rows], other.hashes[rows], other.quality[rows],
-                other.embeddings[rows].astype(np.float32) if self.embedding_dim else None)
+                (np.zeros((len(rows), self.embedding_dim), np.float32) if hash_only
+                 else other.embeddings[rows].astype(np.float32)) if self.embedding_dim else None)
         return out
 
     def copy(self) -> MatchIndex:

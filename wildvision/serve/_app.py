@@ -116,10 +116,15 @@ class _ServiceState:
         cfg = self.config
         t0 = time.perf_counter()
         try:
+            index = None
+            if cfg.match_index:
+                from ..match import load_index
+
+                index = load_index(cfg.match_index)
             clf = Classifier(
                 cfg.model, backend=cfg.backend, precision=cfg.precision, threads=cfg.threads,
                 decode_workers=cfg.decode_workers, thresholds=cfg.thresholds, top_k=cfg.top_k,
-                max_pixels=cfg.max_pixels, max_bytes=cfg.max_body_bytes,
+                max_pixels=cfg.max_pixels, max_bytes=cfg.max_body_bytes, match_index=index,
             )
         except Exception as e:  # reported by /readyz; the process stays up for probes
             self.load_error = e

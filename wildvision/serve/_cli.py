@@ -54,6 +54,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--threshold", action="append", metavar="GROUP=FLAG[:REVIEW]",
                    help="override a group's thresholds, e.g. ivory=0.9:0.5 (repeatable)")
     p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--match-index", default=None, metavar="FILE",
+                   help="known-photo index: results list their matches, a photo with one is "
+                   "flagged ([match] extra)")
     p.add_argument("--no-access-log", action="store_true",
                    help="do not log one JSON line per request")
     p.set_defaults(func=run_serve)
@@ -102,6 +105,7 @@ def build_config(args: argparse.Namespace) -> Any:
         request_timeout_s=args.timeout,
         api_key_file=os.path.abspath(args.api_key_file) if args.api_key_file else None,
         log_requests=not args.no_access_log,
+        match_index=os.path.abspath(args.match_index) if args.match_index else None,
     )
 
 

@@ -45,6 +45,8 @@ class ServeConfig:
         api_keys: accepted API keys; empty = no authentication.
         api_key_file: a file of API keys, one per line (``#`` comments), added to ``api_keys``.
         log_requests: write one JSON log line per request to the ``wildvision.serve`` logger.
+        match_index: a known-photo index file (``wildvision match build``, ``[match]``
+            extra): every result lists its ``matches`` and a photo with one is flagged.
     """
 
     model: str | None = None
@@ -65,6 +67,7 @@ class ServeConfig:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     api_key_file: str | None = None
     log_requests: bool = True
+    match_index: str | None = None
 
     def __post_init__(self) -> None:
         positive = ("top_k", "max_body_bytes", "max_pixels", "max_batch_files", "batch_size",
