@@ -181,7 +181,7 @@ class MatchIndex:
         dim = int(self.header["embedding_dim"])
         if self.embeddings.shape[1:] != (dim,):
             raise MatchIndexError(f"embeddings must be (N, {dim}), got {self.embeddings.shape}")
-        if dim and not np.isfinite(self.embeddings.astype(np.float32)).all():
+        if dim and not np.isfinite(self.embeddings).all():
             raise MatchIndexError("index embeddings contain NaN or infinite values")
         dup = _duplicates(self.references)
         if dup:
@@ -363,7 +363,7 @@ class MatchIndex:
         kind = self._engine_kind()
         n = len(self)
         if self.embedding_dim:
-            x = self.embeddings.astype(np.float32)
+            x = self.embeddings  # float16; converted chunk by chunk (no float32 copy of all)
             d = self.embedding_dim
             if kind == "exact":
                 eng.emb = faiss.IndexFlatIP(d)
@@ -374,11 +374,13 @@ class MatchIndex:
                                                     faiss.ScalarQuantizer.QT_8bit,
                                                     faiss.METRIC_INNER_PRODUCT)
                 rng = np.random.default_rng(0)
-                sample = x if n <= 64 * nlist else x[rng.choice(n, 64 * nlist, replace=False)]
-                ivf.train(sample)
+                sample = x if n <= 40 * nlist else x[np.sort(rng.choice(n, 40 * nlist,
+                                                                      replace=False))]
+                ivf.train(np.ascontiguousarray(sample, dtype=np.float32))
                 ivf.nprobe = min(self.nprobe, nlist)
                 eng.emb = ivf
-            eng.emb.add(x)
+            for s in range(0, n, 65536):
+                eng.emb.add(np.ascontiguousarray(x[s:s + 65536], dtype=np.float32))
             eng.emb_kind = kind
         good = np.flatnonzero(self.quality >= MIN_QUALITY)
         if len(good):
