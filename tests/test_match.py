@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -460,8 +461,6 @@ def test_service_lists_matches(shared_data: Path, tiny_model_dir: Path, tmp_path
         for _ in range(200):
             if client.get("/readyz").status_code == 200:
                 break
-            import time
-
             time.sleep(0.05)
         r = client.post("/v1/classify", content=buf.getvalue(),
                         headers={"Content-Type": "image/jpeg"})
@@ -469,3 +468,13 @@ def test_service_lists_matches(shared_data: Path, tiny_model_dir: Path, tmp_path
     body = r.json()
     assert body["known_image"] is True and body["matches"][0]["reference"] == "case-1"
     assert body["decision"] == "flag"
+    # a corrupt index keeps the service unready, with the typed error
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 nope")
+    bad = ServeConfig(model=str(tiny_model_dir), match_index=str(tmp_path / "bad.npz"))
+    with TestClient(create_app(bad)) as client:
+        for _ in range(200):
+            ready = client.get("/readyz")
+            if ready.json()["status"] != "loading":
+                break
+            time.sleep(0.05)
+    assert ready.status_code == 503 and ready.json()["error_type"] == "MatchIndexError"

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 _LAZY = {
-    "MatchIndex": "index", "load_index": "index", "read_pdq_list": "index",
+    "MatchIndex": "index", "load_index": "store", "read_pdq_list": "store",
     "KnownPhoto": "build", "add_photos": "build", "build_index": "build",
     "photos_from_folder": "build", "photos_from_manifest": "build",
     "pdq_hash": "pdq",

@@ -78,7 +78,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 def run_add(args: argparse.Namespace) -> int:
     from .build import add_photos
-    from .index import load_index
+    from .store import load_index
 
     index = load_index(args.index)
     photos = _photos(args.sources, args.group)
@@ -90,7 +90,7 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_remove(args: argparse.Namespace) -> int:
-    from .index import load_index
+    from .store import load_index
 
     index = load_index(args.index)
     refs = list(args.references)
@@ -110,7 +110,7 @@ def run_remove(args: argparse.Namespace) -> int:
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    from .index import load_index
+    from .store import load_index
 
     merged = load_index(args.indexes[0])
     for path in args.indexes[1:]:
@@ -121,7 +121,7 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from .index import load_index
+    from .store import load_index
 
     index = load_index(args.index)
     if args.format == "share":
@@ -136,7 +136,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from .index import load_index
+    from .store import load_index
 
     incoming = load_index(args.source)
     into = Path(args.into)
@@ -151,7 +151,7 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from .index import load_index
+    from .store import load_index
 
     index = load_index(args.index)
     if args.find:

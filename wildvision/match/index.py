@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import threading
-import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,8 @@ from PIL import Image
 from ..errors import ConfigError, IndexModelMismatchError, MatchIndexError, MissingExtraError
 from ..matching import Match
 from ..modelpack import ModelPackage
-from .pdq import HASH_BYTES, MIN_QUALITY, from_hex, hamming, pdq_hash, to_hex
+from ._io import atomic_write, csv_safe, str_array
+from .pdq import HASH_BYTES, MIN_QUALITY, hamming, pdq_hash, to_hex
 
 __all__ = [
     "APPROX_MIN",
@@ -51,8 +51,6 @@ __all__ = [
     "DEFAULT_SIMILARITY_THRESHOLD",
     "INDEX_FORMAT",
     "MatchIndex",
-    "load_index",
-    "read_pdq_list",
 ]
 
 INDEX_FORMAT = "wildvision-match-index"
@@ -519,7 +517,7 @@ class MatchIndex:
                           quality=self.quality[sel],
                           embeddings=self.embeddings[sel] if embeddings else None)
 
-    # -- files ------------------------------------------------------------------------------
+    # -- files (read back by wildvision.match.store) ------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the index to one ``.npz`` file, atomically (temporary file + rename)."""
         path = Path(path)
@@ -530,14 +528,14 @@ class MatchIndex:
             timespec="seconds"))
         arrays = {
             "header": np.frombuffer(json.dumps(head, sort_keys=True).encode("utf-8"), np.uint8),
-            "references": _str_array(self.references),
-            "labels": _str_array(self.labels),
-            "groups": _str_array(self.groups),
+            "references": str_array(self.references),
+            "labels": str_array(self.labels),
+            "groups": str_array(self.groups),
             "hashes": self.hashes,
             "quality": self.quality,
             "embeddings": self.embeddings,
         }
-        _atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
+        atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
         return path
 
     def write_pdq_list(self, path: str | os.PathLike[str] | None, fmt: str = "te") -> str:
@@ -556,22 +554,14 @@ class MatchIndex:
             lines = [f"pdq {to_hex(self.hashes[i].tobytes())}" for i in rows]
         elif fmt == "csv":
             lines = [f"{to_hex(self.hashes[i].tobytes())},{int(self.quality[i])},"
-                     f"{_csv_safe(self.groups[i])}" for i in rows]
+                     f"{csv_safe(self.groups[i])}" for i in rows]
         else:
             raise ConfigError(f"PDQ list format must be 'te' or 'csv', got {fmt!r}")
         text = "".join(line + "\n" for line in lines)
         if path is not None:
             data = text.encode("utf-8")
-            _atomic_write(Path(path), lambda f: f.write(data))
+            atomic_write(Path(path), lambda f: f.write(data))
         return text
-
-
-def _csv_safe(text: str) -> str:
-    return text.replace(",", ";").replace("\n", " ")
-
-
-def _str_array(values: Sequence[str]) -> NDArray[np.str_]:
-    return np.array(list(values), dtype=np.str_) if values else np.zeros(0, dtype="<U1")
 
 
 def _duplicates(values: Sequence[str]) -> list[str]:
@@ -582,125 +572,3 @@ def _duplicates(values: Sequence[str]) -> list[str]:
             dup.append(v)
         seen.add(v)
     return dup
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-_REQUIRED = ("header", "references", "labels", "groups", "hashes", "quality", "embeddings")
-
-
-def load_index(path: str | os.PathLike[str], **settings: Any) -> MatchIndex:
-    """Load an index file (``.npz``) or a PDQ hash list (``.txt``/``.csv``, hash-only).
-
-    Args:
-        path: the file.
-        **settings: :class:`MatchIndex` settings overriding the file's policy
-            (``hash_threshold``, ``similarity_threshold``, ``mode``, ``decision``, ``top_k``,
-            ``engine``, ``nprobe``).
-
-    Raises:
-        MatchIndexError: unreadable, corrupt or not an index; inconsistent arrays; duplicate
-            references.
-    """
-    p = Path(path)
-    if p.suffix.lower() in (".txt", ".csv", ".pdq"):
-        return read_pdq_list(p, **settings)
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            missing = [k for k in _REQUIRED if k not in z.files]
-            if missing:
-                raise MatchIndexError(f"{p}: not a wildvision match index (no {missing})")
-            data = {k: z[k] for k in _REQUIRED}
-    except MatchIndexError:
-        raise
-    except FileNotFoundError:
-        raise MatchIndexError(f"{p}: no such index file") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
-        raise MatchIndexError(f"{p}: unreadable or corrupt index file ({e})") from e
-    try:
-        head = json.loads(data["header"].tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MatchIndexError(f"{p}: corrupt index header ({e})") from e
-    if not isinstance(head, dict) or head.get("format") != INDEX_FORMAT:
-        raise MatchIndexError(f"{p}: not a wildvision match index (header format "
-                              f"{head.get('format') if isinstance(head, dict) else None!r})")
-    if int(head.get("format_version", 0)) > INDEX_FORMAT_VERSION:
-        raise MatchIndexError(f"{p}: index format {head.get('format_version')} is newer than "
-                              f"this wildvision reads ({INDEX_FORMAT_VERSION}); upgrade")
-    for k, kind in (("hashes", "u"), ("quality", "u"), ("embeddings", "f"),
-                    ("references", "U"), ("labels", "U"), ("groups", "U")):
-        if data[k].dtype.kind != kind:
-            raise MatchIndexError(f"{p}: array {k} has dtype {data[k].dtype}")
-    if len(data["embeddings"]) and data["embeddings"].ndim != 2:
-        raise MatchIndexError(f"{p}: embeddings must be 2-D")
-    try:
-        return MatchIndex(head, references=data["references"].tolist(),
-                          labels=data["labels"].tolist(), groups=data["groups"].tolist(),
-                          hashes=data["hashes"], quality=data["quality"],
-                          embeddings=data["embeddings"].reshape(len(data["references"]), -1)
-                          if data["embeddings"].size or len(data["references"]) else
-                          data["embeddings"], **settings)
-    except MatchIndexError as e:
-        raise MatchIndexError(f"{p}: {e}") from e
-    except ValueError as e:
-        raise MatchIndexError(f"{p}: inconsistent index arrays ({e})") from e
-
-
-def read_pdq_list(path: str | os.PathLike[str], **settings: Any) -> MatchIndex:
-    """Read a plain PDQ hash list into a hash-only index.
-
-    Reads both forms :meth:`MatchIndex.write_pdq_list` writes: ``pdq <hex>`` lines
-    (python-threatexchange local files) and ``<hex>,<quality>,<name>`` lines (the reference
-    ``pdq-photo-hasher`` output); blank lines and ``#`` comments are skipped. Each entry's
-    reference is ``<file name>:<line number>``; its label and group are the name column
-    (``unknown`` when absent).
-
-    Raises:
-        MatchIndexError: a line that is neither form, or an invalid hash (with its line number).
-    """
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise MatchIndexError(f"{p}: no such hash list") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise MatchIndexError(f"{p}: unreadable hash list ({e})") from e
-    refs, groups, hashes, quality = [], [], [], []
-    for no, line in enumerate(text.splitlines(), 1):
-        s = line.strip()
-        if not s or s.startswith("#"):
-            continue
-        try:
-            if "," in s:
-                parts = s.split(",", 2)
-                h = from_hex(parts[0])
-                q = int(parts[1]) if len(parts) > 1 else 100
-                name = parts[2].strip() if len(parts) > 2 else "unknown"
-            else:
-                kind, _, rest = s.partition(" ")
-                if kind.lower() != "pdq":
-                    raise MatchIndexError(f"signal type {kind!r} is not pdq")
-                h, q, name = from_hex(rest), 100, "unknown"
-            if not 0 <= q <= 100:
-                raise MatchIndexError(f"quality {q} is not in 0..100")
-        except (MatchIndexError, ValueError) as e:
-            raise MatchIndexError(f"{p}, line {no}: {e}") from None
-        refs.append(f"{p.name}:{no}")
-        groups.append(name or "unknown")
-        hashes.append(np.frombuffer(h, np.uint8))
-        quality.append(q)
-    head = {"embedding_dim": 0, "shared": True, "imported_from": p.name}
-    return MatchIndex(head, references=refs, labels=groups, groups=groups,
-                      hashes=np.array(hashes, np.uint8).reshape(-1, HASH_BYTES),
-                      quality=np.array(quality, np.uint8), **settings)
