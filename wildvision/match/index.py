@@ -55,11 +55,11 @@ __all__ = [
 
 INDEX_FORMAT = "wildvision-match-index"
 INDEX_FORMAT_VERSION = 1
-# Defaults chosen with benchmarks/match_robustness.py (docs/match.md): the largest distance /
-# smallest similarity whose false matches against unrelated photos stayed <= 0.1 %.
+# The similarity threshold is the one benchmarks/match_robustness.py chose (<= 0.1 % of
+# unrelated photos matching, docs/match.md); the hash threshold is the usual PDQ one.
 DEFAULT_HASH_THRESHOLD = 31
 DEFAULT_SIMILARITY_THRESHOLD = 0.90
-APPROX_MIN = 100_000  # from this many entries: approximate search (benchmarks/match_speed.py)
+APPROX_MIN = 100_000  # from this many entries: approximate search (both: match_speed.py)
 MODES = ("either", "hash", "embedding", "both")
 ENGINES = ("auto", "exact", "ivf")
 
