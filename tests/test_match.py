@@ -390,6 +390,8 @@ def test_cli_build_classify_share_import(shared_data: Path, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     from wildvision.cli import main
 
+    assert main(["match"]) == 2
+    assert "needs an action" in capsys.readouterr().err
     known = tmp_path / "known"
     for d, ref, label in INDEXED[:2]:
         (known / label).mkdir(parents=True)

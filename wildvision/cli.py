@@ -323,6 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "models":
             print("wildvision models: error: needs an action: list, or show NAME",
                   file=sys.stderr)
+        elif args.command == "match":
+            print("wildvision match: error: needs an action: build, add, remove, merge, "
+                  "export, import or show (wildvision match --help)", file=sys.stderr)
         else:
             parser.print_help(sys.stderr)
         return 2
