@@ -30,6 +30,7 @@ from .imaging import load_image as load_image
 from .modelpack import ModelCard as ModelCard
 from .modelpack import ModelPackage as ModelPackage
 from .modelpack import Thresholds as Thresholds
+from .options import ClassifierOptions as ClassifierOptions
 from .predict import Classifier as Classifier
 from .predict import Failure as Failure
 from .predict import GroupResult as GroupResult
@@ -43,6 +44,7 @@ from .registry import resolve_model as load_model
 
 __all__ = [
     "Classifier",
+    "ClassifierOptions",
     "ConfigError",
     "DataError",
     "Explanation",

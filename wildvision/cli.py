@@ -23,7 +23,7 @@ from typing import Any, TextIO
 from ._version import __version__
 from .errors import ConfigError, WildvisionError
 from .imaging import IMAGE_EXTENSIONS, collect_inputs
-from .modelpack import Thresholds
+from .options import ClassifierOptions, add_classifier_arguments
 from .progress import Progress
 
 __all__ = ["IMAGE_EXTENSIONS", "collect_inputs", "main"]
@@ -45,17 +45,12 @@ CSV_FIELDS = (
 )
 
 
-def _row_csv(d: dict[str, Any]) -> dict[str, Any]:
-    row = {k: d.get(k, "") for k in CSV_FIELDS}
-    if d.get("ok"):
-        top = d["top_labels"][0] if d["top_labels"] else {}
-        row["top_label"] = top.get("label", "")
-        row["top_label_probability"] = top.get("probability", "")
-        row["flagged_groups"] = ";".join(d["flagged_groups"])
-        row["group_probabilities"] = json.dumps(
-            {g: v["probability"] for g, v in d["groups"].items()}
-        )
-    return row
+def _row_csv(result: Any) -> dict[str, Any]:
+    row = result.to_row()
+    out = {k: row.get(k) for k in CSV_FIELDS}
+    if row["flagged_groups"] is not None:
+        out["flagged_groups"] = ";".join(row["flagged_groups"])
+    return out
 
 
 class _Writer:
@@ -71,11 +66,14 @@ class _Writer:
                 f"{'decision':<8} {'top group':<22} {'prob':>6}  {'top label':<22} source\n"
             )
 
-    def write(self, d: dict[str, Any]) -> None:
+    def write(self, result: Any) -> None:
+        if self._csv is not None:
+            self._csv.writerow(_row_csv(result))
+            self.stream.flush()
+            return
+        d = result.to_dict()
         if self.fmt == "jsonl":
             self.stream.write(json.dumps(d) + "\n")
-        elif self._csv is not None:
-            self._csv.writerow(_row_csv(d))
         elif d.get("ok"):
             top = d["top_labels"][0]
             prob = d["groups"][d["top_group"]]["probability"]
@@ -150,8 +148,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         return int(mod.run_classify(args))
     from .predict import Classifier
 
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    options = ClassifierOptions.from_args(args)
     paths = list(args.paths)
     if args.files_from:
         if args.files_from == "-":
@@ -162,17 +159,12 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     if not paths:
         raise ConfigError("no inputs: give image files or folders (or --files-from)")
     inputs = collect_inputs(paths, args.recursive)
-    thresholds = Thresholds.parse(args.threshold or [])
     if args.explain and args.format != "jsonl":
         raise ConfigError("--explain writes heatmaps into --format jsonl only")
     # Load the model before touching the output file: a bad model or option leaves it intact.
-    clf = Classifier(
-        args.model, backend=args.backend, precision=args.precision, threads=args.threads,
-        decode_workers=args.decode_workers, thresholds=thresholds or None, top_k=args.top_k,
-        open_set=args.open_set, explain=args.explain,
+    clf = Classifier(args.model, options.replace(
         match_index=(importlib.import_module("wildvision.match").load_index(args.match_index)
-                     if args.match_index else None),
-    )
+                     if args.match_index else None)))
     append = False
     failed = 0
     if args.resume:
@@ -195,8 +187,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
             )
         stack.callback(progress.close)
         writer = _Writer(args.format, out, append)
-        for r in clf.iter_classify(inputs, batch_size=args.batch_size):
-            writer.write(r.to_dict())
+        for r in clf.iter_classify(inputs):
+            writer.write(r)
             progress.update(r.ok)
             failed += 0 if r.ok else 1
     if failed:
@@ -261,17 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", default=None, help="output file (default: stdout)")
     c.add_argument("--resume", action="store_true",
                    help="skip inputs already in --output and append the rest")
-    c.add_argument("-b", "--batch-size", type=int, default=32)
-    c.add_argument("-t", "--threads", type=int, default=None, help="inference threads")
-    c.add_argument("--decode-workers", type=int, default=None, help="image decoding threads")
-    c.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
-    c.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
-    c.add_argument("--threshold", action="append", metavar="GROUP=FLAG[:REVIEW]",
-                   help="override a group's thresholds, e.g. ivory=0.9:0.5 (repeatable)")
-    c.add_argument("--top-k", type=int, default=3)
-    c.add_argument("--open-set", action=argparse.BooleanOptionalAction, default=True,
-                   help="apply the model's familiarity gate: a flag on a photo unlike every "
-                   "training photo becomes review (default: on; --no-open-set: off)")
+    add_classifier_arguments(c)
     c.add_argument("--explain", action="store_true",
                    help="add a heatmap of where the model saw the most probable flaggable "
                    "group to each result (jsonl; shown by `wildvision review`)")

@@ -26,9 +26,10 @@ from .explain import (
     top_flaggable,
 )
 from .head import LinearHead, head_weights
-from .imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, decode_image, source_name
+from .imaging import ImageSource, decode_image, source_name
 from .matching import KnownImageIndex, Match
 from .modelpack import ModelPackage, Thresholds
+from .options import ClassifierOptions
 from .preprocess import preprocess_image, resize_crop
 from .registry import default_model_name, resolve_model
 from .runtime import Backend, create_backend
@@ -48,6 +49,13 @@ __all__ = [
 ]
 
 DECISIONS = ("flag", "review", "pass")
+# The columns of a result as a table row (Prediction.to_row / Failure.to_row), in order; a
+# Prediction's row adds one prob_<group> column per group of its model.
+ROW_FIELDS = (
+    "source", "ok", "decision", "flagged_groups", "top_group", "top_label",
+    "top_label_probability", "top_labels", "group_probabilities", "familiarity", "unfamiliar",
+    "model", "model_version", "image_sha256", "width", "height", "error_type", "message",
+)
 
 
 @dataclass(frozen=True)
@@ -173,6 +181,27 @@ class Prediction:
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
 
+    def to_row(self) -> dict[str, Any]:
+        """One flat table row (the CLI's CSV, Ray's Parquet): :data:`ROW_FIELDS` plus a
+        ``prob_<group>`` column per group. Numbers as in :meth:`to_dict`; ``flagged_groups``
+        is a list, ``top_labels`` and ``group_probabilities`` are JSON; absent values are
+        ``None``."""
+        d = self.to_dict()
+        top = d["top_labels"][0] if d["top_labels"] else {}
+        probs = {g: v["probability"] for g, v in d["groups"].items()}
+        row: dict[str, Any] = dict.fromkeys(ROW_FIELDS)
+        row.update(
+            source=d["source"], ok=True, decision=d["decision"],
+            flagged_groups=d["flagged_groups"], top_group=d["top_group"],
+            top_label=top.get("label"), top_label_probability=top.get("probability"),
+            top_labels=json.dumps(d["top_labels"]), group_probabilities=json.dumps(probs),
+            familiarity=d.get("familiarity"), unfamiliar=d.get("unfamiliar"),
+            model=d["model"], model_version=d["model_version"],
+            image_sha256=d["image_sha256"], width=d["width"], height=d["height"],
+        )
+        row.update({f"prob_{g}": p for g, p in probs.items()})
+        return row
+
 
 @dataclass(frozen=True)
 class Failure:
@@ -198,6 +227,15 @@ class Failure:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
+
+    def to_row(self) -> dict[str, Any]:
+        """:meth:`Prediction.to_row`'s columns: the source, ``ok=False``, the model, the error
+        type and message; ``None`` elsewhere (``prob_<group>`` columns are left out)."""
+        row: dict[str, Any] = dict.fromkeys(ROW_FIELDS)
+        row.update(source=self.source, ok=False, model=self.model,
+                   model_version=self.model_version, error_type=self.error_type,
+                   message=self.message)
+        return row
 
 
 Result = Union[Prediction, Failure]
@@ -283,24 +321,16 @@ class Classifier:
     Args:
         model: ``None`` (the default model), a name, a package folder, ``hf://org/name`` or a
             :class:`~wildvision.modelpack.ModelPackage`.
-        backend: ``onnx`` (default) or ``torch`` (``[torch]`` extra).
-        precision: ``fp32`` or ``int8`` (if the package ships ``model.int8.onnx``).
-        threads: inference threads (ONNX Runtime intra-op); ``None`` lets the runtime choose.
-        decode_workers: threads decoding images while the model runs the previous batch.
-        thresholds: per-group overrides, e.g. ``{"ivory": {"flag": 0.9, "review": 0.5}}`` or
-            ``{"ivory": 0.9}`` (flag only).
-        top_k: how many fine labels each prediction lists.
-        max_pixels, max_bytes: image safety limits (see :func:`wildvision.load_image`).
-        return_embedding: put the pooled embedding in each prediction.
-        open_set: apply the model's familiarity gate when it ships one (default ``True``):
-            a flag on a photo unlike every training photo becomes ``review``.
-        match_index: a known-photo index (:func:`wildvision.match.load_index`, ``[match]``
-            extra): each prediction lists its ``matches``, and a photo with a match is
-            decided at least ``flag`` (the index's ``decision``).
-        explain: put in each prediction a heatmap of where the model saw its most probable
-            flaggable group (:mod:`wildvision.explain`).
+        options: how it runs (:class:`~wildvision.options.ClassifierOptions`: backend,
+            precision, threads, decode workers, batch size, threshold overrides, ``top_k``,
+            image limits, embeddings, the open-set gate, a known-photo ``match_index``,
+            ``explain``); default: the defaults.
+        **changes: options as keywords, applied on top of ``options``, e.g.
+            ``Classifier("wildvision-base", threads=2, thresholds={"ivory": 0.9})``.
 
     Raises:
+        ConfigError: a bad option (or a threshold override for a group the model lacks).
+        TypeError: an unknown option name.
         IndexModelMismatchError: ``match_index`` was made with another model.
 
     Example:
@@ -312,52 +342,42 @@ class Classifier:
     def __init__(
         self,
         model: str | os.PathLike[str] | ModelPackage | None = None,
-        *,
-        backend: str = "onnx",
-        precision: str = "fp32",
-        threads: int | None = None,
-        decode_workers: int | None = None,
-        thresholds: ThresholdSpec | None = None,
-        top_k: int = 3,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-        return_embedding: bool = False,
-        open_set: bool = True,
-        match_index: KnownImageIndex | None = None,
-        explain: bool = False,
+        options: ClassifierOptions | None = None,
+        **changes: Any,
     ) -> None:
+        opts = ClassifierOptions.build(options, **changes)
+        self.options = opts
         self.package = resolve_model(model)
         self.card = self.package.card
-        runs, run_threads = _inference_layout(threads, backend)
+        runs, run_threads = _inference_layout(opts.threads, opts.backend)
         self.backend: Backend = create_backend(
-            self.package, backend, precision=precision, threads=run_threads
+            self.package, opts.backend, precision=opts.precision, threads=run_threads
         )
-        self.precision = precision
-        self.thresholds = _merge_thresholds(self.package, thresholds)
-        if top_k < 1:
-            raise ConfigError(f"top_k must be >= 1, got {top_k}")
-        self.top_k = min(top_k, len(self.card.labels))
-        self.max_pixels = max_pixels
-        self.max_bytes = max_bytes
-        self.return_embedding = return_embedding
-        self.familiarity = self.package.familiarity() if open_set else None
+        self.precision = opts.precision
+        self.thresholds = _merge_thresholds(self.package, opts.thresholds)
+        self.top_k = min(opts.top_k, len(self.card.labels))
+        self.max_pixels = opts.max_pixels
+        self.max_bytes = opts.max_bytes
+        self.return_embedding = opts.return_embedding
+        self.familiarity = self.package.familiarity() if opts.open_set else None
+        self.decode_workers = opts.decode_workers or max(1, min(4, (os.cpu_count() or 2)))
+        match_index = opts.match_index
         if match_index is not None:
             if not isinstance(match_index, KnownImageIndex):
                 raise ConfigError(
                     "match_index must be a loaded index (wildvision.match.load_index(path)), "
                     f"got {type(match_index).__name__}"
                 )
-            match_index.check_model(self.package, precision)
+            match_index.check_model(self.package, opts.precision)
         self.match_index = match_index
-        self.decode_workers = decode_workers or max(1, min(4, (os.cpu_count() or 2)))
         labels = self.card.labels
         self._groups = self.card.groups
         self._group_matrix = np.zeros((len(labels), len(self._groups)), dtype=np.float64)
         for i, lab in enumerate(labels):
             self._group_matrix[i, self._groups.index(self.card.label_groups[lab])] = 1.0
-        self.explain_top = explain
+        self.explain_top = opts.explain
         self._head: LinearHead | None = None
-        if explain:
+        if opts.explain:
             self._explainer()  # fail now, not on the first image, when the model cannot explain
         self._runs = runs
         self._lock = threading.BoundedSemaphore(runs)  # at most `runs` model runs at once
@@ -584,7 +604,7 @@ class Classifier:
             raise WildvisionError(f"{result.source}: {result.message}")
         return result
 
-    def iter_classify(self, sources: Iterable[ImageSource], *, batch_size: int = 32
+    def iter_classify(self, sources: Iterable[ImageSource], *, batch_size: int | None = None
                       ) -> Iterator[Result]:
         """Classify a stream of images; yields one result per input, in input order.
 
@@ -597,12 +617,15 @@ class Classifier:
 
         Args:
             sources: paths, bytes, file objects, PIL images or arrays; any iterable, read once.
-            batch_size: images decoded ahead of the model (default 32). The model itself runs
-                on a few images at a time: see docs/performance.md.
+            batch_size: images decoded ahead of the model (default: the options'
+                ``batch_size``, 32). The model itself runs on a few images at a time: see
+                docs/performance.md.
 
         Raises:
             ConfigError: ``batch_size`` < 1.
         """
+        if batch_size is None:
+            batch_size = self.options.batch_size
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if isinstance(sources, Sized):  # no batch arrays larger than the input list
@@ -655,7 +678,7 @@ class Classifier:
                 for f in pending:
                     f.cancel()
 
-    def classify_many(self, sources: Iterable[ImageSource], *, batch_size: int = 32
+    def classify_many(self, sources: Iterable[ImageSource], *, batch_size: int | None = None
                       ) -> list[Result]:
         """Like :meth:`iter_classify`, as a list."""
         return list(self.iter_classify(sources, batch_size=batch_size))
@@ -679,28 +702,30 @@ def _model_key(model: Any) -> tuple[Any, ...]:
     return (text, st.st_mtime_ns, st.st_size)
 
 
-def _cached_classifier(model: Any, opts: dict[str, Any]) -> Classifier:
+def _cached_classifier(model: Any, options: ClassifierOptions) -> Classifier:
     if isinstance(model, ModelPackage):
-        return Classifier(model, **opts)
-    key_opts = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str))
-                            for k, v in opts.items()))
-    key = (_model_key(model), key_opts)
+        return Classifier(model, options)
+    # batch_size is a per-call setting of a built classifier: one cache entry for all
+    key = (_model_key(model), options.replace(batch_size=32).cache_key())
     with _CACHE_LOCK:
         clf = _CACHE.get(key)
         if clf is None:
             if len(_CACHE) >= 4:
                 _CACHE.pop(next(iter(_CACHE)))
-            clf = _CACHE[key] = Classifier(model, **opts)
+            clf = _CACHE[key] = Classifier(model, options)
     return clf
 
 
-def classify_image(source: ImageSource, model: Any = None, **opts: Any) -> Prediction:
+def classify_image(source: ImageSource, model: Any = None, *,
+                   options: ClassifierOptions | None = None, **opts: Any) -> Prediction:
     """Classify one image.
 
     Args:
         source: a path, bytes, a binary file object, a PIL image or an HxWx3 uint8 array.
         model: ``None`` (the default model), a name, a package folder or ``hf://org/name``.
-        **opts: options of :class:`Classifier` (``thresholds``, ``precision``, ``threads`` ...).
+        options: a :class:`~wildvision.options.ClassifierOptions`.
+        **opts: options as keywords (``thresholds``, ``precision``, ``threads`` ...), applied
+            on top of ``options``.
 
     Returns:
         A :class:`Prediction`.
@@ -716,20 +741,28 @@ def classify_image(source: ImageSource, model: Any = None, **opts: Any) -> Predi
         >>> p.decision, p.group("ivory").probability  # doctest: +SKIP
         ('flag', 0.97)
     """
-    return _cached_classifier(model, opts).classify(source)
+    return _cached_classifier(model, ClassifierOptions.build(options, **opts)).classify(source)
 
 
-def iter_classify(sources: Iterable[ImageSource], model: Any = None, *, batch_size: int = 32,
+def iter_classify(sources: Iterable[ImageSource], model: Any = None, *,
+                  batch_size: int | None = None, options: ClassifierOptions | None = None,
                   **opts: Any) -> Iterator[Result]:
-    """Stream results (:class:`Prediction` or :class:`Failure`) in input order."""
-    return _cached_classifier(model, opts).iter_classify(sources, batch_size=batch_size)
+    """Stream results (:class:`Prediction` or :class:`Failure`) in input order.
+
+    ``options`` and ``**opts`` as for :func:`classify_image`; ``batch_size`` as for
+    :meth:`Classifier.iter_classify`.
+    """
+    o = ClassifierOptions.build(options, **opts)
+    return _cached_classifier(model, o).iter_classify(
+        sources, batch_size=batch_size if batch_size is not None else o.batch_size)
 
 
 def classify_images(sources: Sequence[ImageSource] | Iterable[ImageSource], model: Any = None, *,
-                    batch_size: int = 32, **opts: Any) -> list[Result]:
+                    batch_size: int | None = None, options: ClassifierOptions | None = None,
+                    **opts: Any) -> list[Result]:
     """Classify many images; one :class:`Prediction` or :class:`Failure` per input, in order.
 
     A bad image never fails the batch: it yields a :class:`Failure` (source, error type,
-    message) in its slot.
+    message) in its slot. ``options`` and ``**opts`` as for :func:`classify_image`.
     """
-    return list(iter_classify(sources, model, batch_size=batch_size, **opts))
+    return list(iter_classify(sources, model, batch_size=batch_size, options=options, **opts))

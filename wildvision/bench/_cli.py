@@ -48,13 +48,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("-o", "--out", metavar="REPORT_DIR", help="report folder to write")
     p.add_argument("--from-predictions", metavar="PREDICTIONS", default=None,
                    help="re-render a report from a predictions.jsonl (no model run)")
-    p.add_argument("-b", "--batch-size", type=int, default=32)
-    p.add_argument("-t", "--threads", type=int, default=None, help="inference threads")
-    p.add_argument("--decode-workers", type=int, default=None, help="image decoding threads")
-    p.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
-    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
-    p.add_argument("--no-open-set", dest="open_set", action="store_false",
-                   help="turn the models' open-set gate off (unfamiliar flags stay flags)")
+    from ..options import add_classifier_arguments
+
+    add_classifier_arguments(p, skip=("thresholds", "top_k"))
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="bootstrap resamples for the 95%% CIs (default 1000; 0: none)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
@@ -135,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     positive = None
     if args.positive_groups:
         positive = [g.strip() for g in args.positive_groups.split(",") if g.strip()]
+    from ..options import ClassifierOptions
     from .api import run_bench
 
     show = args.progress if args.progress is not None else sys.stderr.isatty()
@@ -153,9 +150,7 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = run_bench(
         args.model, args.data, args.out, data_root=args.data_root, split=args.split,
-        suite=args.suite, positive_groups=positive, batch_size=args.batch_size,
-        threads=args.threads, decode_workers=args.decode_workers, backend=args.backend,
-        precision=args.precision, open_set=args.open_set,
+        suite=args.suite, positive_groups=positive, options=ClassifierOptions.from_args(args),
         n_resamples=args.bootstrap, seed=args.seed, plots=not args.no_plots,
         command=_canonical_command(args), progress=progress if show else None,
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..options import ClassifierOptions
 from ..taxonomy import GROUP_NAMES
 from .report import render_report
 from .runner import (
@@ -31,17 +32,13 @@ def run_bench(
     split: str | None = None,
     suite: str | None = None,
     positive_groups: Sequence[str] | None = None,
-    batch_size: int = 32,
-    threads: int | None = None,
-    decode_workers: int | None = None,
-    backend: str = "onnx",
-    precision: str = "fp32",
-    open_set: bool = True,
+    options: ClassifierOptions | None = None,
     n_resamples: int = 1000,
     seed: int = 0,
     plots: bool = True,
     command: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    **classifier_opts: Any,
 ) -> dict[str, Any]:
     """Benchmark models on a manifest: writes ``predictions.jsonl``, ``metrics.json``,
     ``report.md`` and the plots into ``out_dir``.
@@ -58,12 +55,15 @@ def run_bench(
         suite: a suite name or suite file (``wildvision.data.suites``) filtering the rows.
         positive_groups: the groups of a binary task ("flag these, not the rest"); default:
             the suite's ``positive_groups``. Adds the ``binary`` metrics block.
-        batch_size, threads, decode_workers, backend, precision: inference settings.
-        open_set: ``False`` turns the packages' open-set gate off (``--no-open-set``).
+        options: how the models run (:class:`~wildvision.ClassifierOptions`: batch size,
+            threads, decode workers, backend, precision; ``open_set=False`` turns the
+            packages' open-set gate off, ``--no-open-set``).
         n_resamples, seed: bootstrap confidence intervals.
         plots: write PNG plots (needs matplotlib).
         command: the command line to record (default: a canonical ``wildvision bench ...``).
         progress: called as ``progress(model_key, done, total)``.
+        **classifier_opts: options as keywords (``batch_size=16``, ``threads=2``,
+            ``open_set=False`` ...), applied on top of ``options``.
 
     Returns:
         The ``metrics.json`` object.
@@ -77,6 +77,7 @@ def run_bench(
         >>> m["models"][0]["headline"]["macro_f1_group"]  # doctest: +SKIP
         {'value': 0.91, 'ci95': [0.89, 0.93]}
     """
+    opts = ClassifierOptions.build(options, **classifier_opts)
     root = None if data_root is None else str(data_root)
     suite_obj = load_bench_suite(suite) if suite else None
     if data is None:
@@ -105,7 +106,7 @@ def run_bench(
             parts += ["--split", split]
         if suite:
             parts += ["--suite", suite]
-        if not open_set:
+        if not opts.open_set:
             parts.append("--no-open-set")
         parts += ["--out", str(out_dir)]
         command = shlex.join(parts)
@@ -123,7 +124,6 @@ def run_bench(
     out.mkdir(parents=True, exist_ok=True)
     pred = predict_to_file(
         [str(m) for m in models], manifest, rows, out / "predictions.jsonl", run_info=run_info,
-        batch_size=batch_size, threads=threads, decode_workers=decode_workers, backend=backend,
-        precision=precision, open_set=open_set, progress=progress,
+        options=opts, progress=progress,
     )
     return render_report(pred, out, n_resamples=n_resamples, seed=seed, plots=plots)

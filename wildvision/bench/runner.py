@@ -19,6 +19,7 @@ from .._version import __version__
 from ..data.manifest import Manifest, ManifestRow, read_manifest
 from ..errors import ConfigError, DataError
 from ..modelpack import sha256_file
+from ..options import ClassifierOptions
 from ..taxonomy import FLAGGABLE_GROUPS
 from .evaluate import true_group
 from .predictions import PREDICTIONS_FORMAT, PredictionWriter
@@ -203,12 +204,7 @@ def predict_to_file(
     out_path: str | os.PathLike[str],
     *,
     run_info: dict[str, Any],
-    batch_size: int = 32,
-    threads: int | None = None,
-    decode_workers: int | None = None,
-    backend: str = "onnx",
-    precision: str = "fp32",
-    open_set: bool = True,
+    options: ClassifierOptions | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Path:
     """Classify ``rows`` with each model and write ``predictions.jsonl``.
@@ -219,9 +215,8 @@ def predict_to_file(
         rows: the rows to classify, in order.
         out_path: the ``predictions.jsonl`` to write.
         run_info: the ``run`` record's provenance (manifest, split, suite, command ...).
-        batch_size, threads, decode_workers, backend, precision, open_set: see
-            :class:`wildvision.Classifier` (``open_set=False``: the package's open-set gate
-            off, to measure what it changes).
+        options: how the models run (:class:`~wildvision.ClassifierOptions`;
+            ``open_set=False``: the packages' open-set gate off, to measure what it changes).
         progress: called as ``progress(model_key, done, total)``.
 
     Returns:
@@ -229,15 +224,14 @@ def predict_to_file(
     """
     from ..predict import Classifier, Prediction
 
+    opts = options if options is not None else ClassifierOptions()
+    batch_size, threads = opts.batch_size, opts.threads
     if not models:
         raise ConfigError("give at least one --model")
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     # load every model first: a typo in the second model must not cost the first one's run
     classifiers = []
     for spec in models:
-        clf = Classifier(spec, backend=backend, precision=precision, threads=threads,
-                         decode_workers=decode_workers, top_k=10**6, open_set=open_set)
+        clf = Classifier(spec, opts.replace(top_k=10**6))
         classifiers.append((spec, clf))
     keys: list[str] = []
     for _spec, clf in classifiers:
@@ -254,10 +248,10 @@ def predict_to_file(
         w.write({"record": "run", "predictions_format": PREDICTIONS_FORMAT,
                  "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                  "wildvision_version": __version__, **run_info,
-                 "machine": machine_info(threads, decode_workers)})
+                 "machine": machine_info(threads, opts.decode_workers)})
         for key, (spec, clf) in zip(keys, classifiers, strict=True):
             w.write(_model_info(key, clf, {
-                "spec": str(spec), "backend": backend, "precision": precision,
+                "spec": str(spec), "backend": opts.backend, "precision": opts.precision,
                 "open_set": clf.familiarity is not None,
                 "open_set_thresholds": (dict(clf.familiarity.thresholds)
                                         if clf.familiarity is not None else None),

@@ -39,7 +39,7 @@ def run_classify(args: argparse.Namespace) -> int:
     failed). Output: one Parquet file, one row per input (see
     :func:`wildvision.scale.result_schema`), in completion order."""
     from ..errors import ConfigError, MissingExtraError
-    from ..modelpack import Thresholds
+    from ..options import ClassifierOptions
     from ..progress import Progress
 
     out = args.output
@@ -60,8 +60,9 @@ def run_classify(args: argparse.Namespace) -> int:
         raise MissingExtraError("ray[data] and pyarrow", "scale", "--engine ray") from e
     from ._ray import classify_dataset, expand_inputs, result_schema
 
-    thresholds = Thresholds.parse(args.threshold or [])
-    threads = args.threads or 1
+    options = ClassifierOptions.from_args(args)
+    threads = options.threads or 1
+    options = options.replace(threads=threads, decode_workers=options.decode_workers or 1)
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
                  logging_level=logging.WARNING)
@@ -79,7 +80,7 @@ def run_classify(args: argparse.Namespace) -> int:
         if paths:
             path_ds = ray.data.from_items([{"path": p} for p in paths],
                                           override_num_blocks=max(1, min(
-                                              len(paths) // args.batch_size + 1, 10_000)))
+                                              len(paths) // options.batch_size + 1, 10_000)))
     if args.files_from:
         if args.files_from == "-":
             lines = [line.strip() for line in sys.stdin if line.strip()]
@@ -95,12 +96,8 @@ def run_classify(args: argparse.Namespace) -> int:
     if path_ds is None:
         raise ConfigError("no inputs: the folders given hold no image files")
 
-    results = classify_dataset(
-        path_ds, model=args.model, batch_size=args.batch_size, concurrency=concurrency,
-        num_cpus=float(threads), threads=threads, decode_workers=args.decode_workers or 1,
-        backend=args.backend, precision=args.precision, thresholds=thresholds or None,
-        top_k=args.top_k,
-    )
+    results = classify_dataset(path_ds, model=args.model, options=options,
+                               concurrency=concurrency, num_cpus=float(threads))
     from ..registry import resolve_model
 
     schema = result_schema(resolve_model(args.model).card.groups)

@@ -8,7 +8,6 @@ with ``ok=False``, ``error_type`` and ``message`` (the core's :class:`~wildvisio
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -20,7 +19,8 @@ from urllib.parse import urlparse
 from ..errors import ConfigError, MissingExtraError, ModelIntegrityError
 from ..imaging import IMAGE_EXTENSIONS, collect_inputs
 from ..modelpack import ModelCard, ModelPackage
-from ..predict import Classifier, Failure, Prediction, Result
+from ..options import ClassifierOptions
+from ..predict import Classifier, Result
 from ..registry import resolve_model
 
 if TYPE_CHECKING:
@@ -158,6 +158,8 @@ def result_schema(groups: Sequence[str]) -> pa.Schema:
     ]
     cols += [(f"prob_{g}", pa.float64()) for g in groups]
     cols += [
+        ("familiarity", pa.float64()),
+        ("unfamiliar", pa.bool_()),
         ("model", pa.string()),
         ("model_version", pa.string()),
         ("image_sha256", pa.string()),
@@ -170,33 +172,12 @@ def result_schema(groups: Sequence[str]) -> pa.Schema:
 
 
 def result_row(result: Result, groups: Sequence[str]) -> dict[str, Any]:
-    """Flatten a :class:`Prediction` or :class:`Failure` into one row of
-    :func:`result_schema`: the CLI's CSV fields, plus ``top_labels`` (JSON) and one
-    ``prob_<group>`` column per group. Absent values are None."""
+    """One row of :func:`result_schema`: the result's :meth:`~wildvision.Prediction.to_row`
+    (the CLI's CSV fields, plus ``top_labels`` as JSON and one ``prob_<group>`` column per
+    group). Absent values are None."""
     row: dict[str, Any] = dict.fromkeys(result_schema(groups).names)
-    d = result.to_dict()
-    row.update(source=d["source"], ok=d["ok"], model=d["model"],
-               model_version=d["model_version"])
-    if isinstance(result, Failure):
-        row.update(error_type=d["error_type"], message=d["message"])
-        return row
-    assert isinstance(result, Prediction)
-    top = d["top_labels"][0] if d["top_labels"] else {}
-    probs = {g: v["probability"] for g, v in d["groups"].items()}
-    row.update(
-        decision=d["decision"],
-        flagged_groups=d["flagged_groups"],
-        top_group=d["top_group"],
-        top_label=top.get("label"),
-        top_label_probability=top.get("probability"),
-        top_labels=json.dumps(d["top_labels"]),
-        group_probabilities=json.dumps(probs),
-        image_sha256=d["image_sha256"],
-        width=d["width"],
-        height=d["height"],
-    )
-    for g in groups:
-        row[f"prob_{g}"] = probs.get(g)
+    flat = result.to_row()
+    row.update((k, v) for k, v in flat.items() if k in row)
     return row
 
 
@@ -212,15 +193,14 @@ class BatchClassifier:
 
     Args:
         shipped: the model from :func:`_ship_package`.
-        classifier_opts: keyword arguments of :class:`~wildvision.predict.Classifier`.
+        options: the :class:`~wildvision.ClassifierOptions` of every actor's classifier (its
+            ``batch_size``: images per model run inside a Ray batch).
         path_column: the column holding each row's path or URI.
         bytes_column: the column holding already-read file bytes, if the dataset has it.
-        inner_batch_size: images per model run inside a Ray batch.
     """
 
-    def __init__(self, shipped: dict[str, Any], classifier_opts: dict[str, Any],
-                 path_column: str = "path", bytes_column: str = "bytes",
-                 inner_batch_size: int = 32) -> None:
+    def __init__(self, shipped: dict[str, Any], options: ClassifierOptions,
+                 path_column: str = "path", bytes_column: str = "bytes") -> None:
         card: ModelCard = shipped["card"]
         tmp = Path(tempfile.mkdtemp(prefix="wildvision-model-"))
         try:
@@ -228,13 +208,12 @@ class BatchClassifier:
                 if hashlib.sha256(data).hexdigest() != card.files.get(name):
                     raise ModelIntegrityError(f"{card.name}: {name} was corrupted in transit")
                 (tmp / name).write_bytes(data)
-            self.classifier = Classifier(ModelPackage(tmp, card), **classifier_opts)
+            self.classifier = Classifier(ModelPackage(tmp, card), options)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # the runtime holds the weights in memory
         self.groups = tuple(card.groups)
         self.schema = result_schema(self.groups)
         self.path_column, self.bytes_column = path_column, bytes_column
-        self.inner_batch_size = inner_batch_size
 
     def _source(self, path: Any) -> Any:
         if not isinstance(path, str):
@@ -264,7 +243,7 @@ class BatchClassifier:
                        for d, p in zip(datas, paths, strict=True)]
         else:
             sources = [self._source(p) for p in paths]
-        results = self.classifier.classify_many(sources, batch_size=self.inner_batch_size)
+        results = self.classifier.classify_many(sources)
         rows = [result_row(r, self.groups) for r in results]
         for row, p in zip(rows, paths, strict=True):
             if isinstance(p, str):
@@ -276,16 +255,12 @@ def classify_dataset(
     source: ray.data.Dataset | str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
     model: str | os.PathLike[str] | ModelPackage | None = None,
-    batch_size: int = 32,
+    options: ClassifierOptions | None = None,
     concurrency: int | tuple[int, int] | None = None,
     num_cpus: float = 1.0,
-    threads: int | None = None,
-    decode_workers: int = 1,
     recursive: bool = False,
     path_column: str = "path",
     bytes_column: str = "bytes",
-    backend: str = "onnx",
-    precision: str = "fp32",
     **classifier_opts: Any,
 ) -> ray.data.Dataset:
     """Score images with Ray Data; returns a lazy dataset of result rows (:func:`result_schema`).
@@ -299,18 +274,19 @@ def classify_dataset(
             folders, or object-store URIs/prefixes (``s3://``, ``gs://``, ``file://`` ...,
             whatever ``pyarrow.fs`` reads). Web URLs are never fetched (they fail as rows).
         model: model name, package folder, ``hf://org/name`` or package (default model if None).
-        batch_size: rows per Ray batch, also the model's batch size.
+        options: the :class:`~wildvision.ClassifierOptions` of the actors' classifiers; its
+            ``batch_size`` is also the rows per Ray batch, its ``threads`` the ONNX Runtime
+            threads per actor (default here: ``num_cpus``, at least 1) and its
+            ``decode_workers`` the image-decoding threads per actor (default here: 1).
         concurrency: actors (an int, or ``(min, max)`` for an autoscaling pool); default: the
             cluster's CPUs divided by ``num_cpus`` (one CPU fewer for a given dataset, whose
             read tasks need a CPU too).
         num_cpus: CPUs reserved per actor.
-        threads: ONNX Runtime threads per actor (default: ``num_cpus``, at least 1).
-        decode_workers: image-decoding threads per actor.
         recursive: descend into sub-folders when expanding folders.
         path_column, bytes_column: column names in a given dataset.
-        backend, precision: as for :class:`~wildvision.predict.Classifier`.
-        **classifier_opts: more :class:`~wildvision.predict.Classifier` options (``thresholds``,
-            ``top_k``, ``max_pixels``, ``max_bytes``).
+        **classifier_opts: options as keywords (``batch_size``, ``threads``,
+            ``decode_workers``, ``backend``, ``precision``, ``thresholds``, ``top_k`` ...),
+            applied on top of ``options``.
 
     Returns:
         A ``ray.data.Dataset``; ``ds.write_parquet("s3://bucket/out/")`` writes it in parallel.
@@ -326,16 +302,16 @@ def classify_dataset(
         >>> ds.write_parquet("s3://bucket/scores/")  # doctest: +SKIP
     """
     rt = _require_ray()
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    opts = ClassifierOptions.build(options, **classifier_opts)
     if num_cpus <= 0:
         raise ConfigError(f"num_cpus must be > 0, got {num_cpus}")
+    opts = opts.replace(threads=opts.threads or max(1, int(num_cpus)),
+                        decode_workers=opts.decode_workers or 1)
+    batch_size = opts.batch_size
     package = resolve_model(model)
-    shipped = _ship_package(package, backend, precision)
-    opts = dict(classifier_opts, backend=backend, precision=precision,
-                threads=threads or max(1, int(num_cpus)), decode_workers=decode_workers)
+    shipped = _ship_package(package, opts.backend, opts.precision)
     # Fail on bad options here, on the driver, rather than in every actor.
-    Classifier(package, **opts)
+    Classifier(package, opts)
 
     if isinstance(source, rt.data.Dataset):
         ds = source
@@ -362,8 +338,8 @@ def classify_dataset(
     out: ray.data.Dataset = ds.map_batches(
         BatchClassifier,
         fn_constructor_kwargs={
-            "shipped": shipped, "classifier_opts": opts, "path_column": path_column,
-            "bytes_column": bytes_column, "inner_batch_size": batch_size,
+            "shipped": shipped, "options": opts, "path_column": path_column,
+            "bytes_column": bytes_column,
         },
         batch_size=batch_size,
         batch_format="pyarrow",

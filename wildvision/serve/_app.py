@@ -121,11 +121,7 @@ class _ServiceState:
                 from ..match import load_index
 
                 index = load_index(cfg.match_index)
-            clf = Classifier(
-                cfg.model, backend=cfg.backend, precision=cfg.precision, threads=cfg.threads,
-                decode_workers=cfg.decode_workers, thresholds=cfg.thresholds, top_k=cfg.top_k,
-                max_pixels=cfg.max_pixels, max_bytes=cfg.max_body_bytes, match_index=index,
-            )
+            clf = Classifier(cfg.model, cfg.classifier_options(match_index=index))
         except Exception as e:  # reported by /readyz; the process stays up for probes
             self.load_error = e
             log.error("model load failed", exc_info=True,
@@ -565,7 +561,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
                 raise _ApiError(400, "InvalidMultipart", "no file parts in the multipart body")
             sources = [as_source(n, d) for n, d in uploads]
             results = await run_inference(
-                lambda: clf.classify_many(sources, batch_size=cfg.batch_size), deadline)
+                lambda: clf.classify_many(sources), deadline)
         dicts = [r.to_dict() for r in results]
         tally = Counter(r.decision if r.ok else "failed" for r in results)
         note(request, clf, decisions=dict(tally), n_images=len(results))

@@ -43,17 +43,11 @@ def register(subparsers: Any) -> None:
                    help="most files per batch request (default 32)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="per-request time limit (default 30): 408 reading, 504 inferring")
-    p.add_argument("-b", "--batch-size", type=int, default=16,
-                   help="images per model run in batch requests (default 16)")
-    p.add_argument("-t", "--threads", type=int, default=None,
-                   help="inference threads per worker (default: the runtime decides)")
-    p.add_argument("--decode-workers", type=int, default=None,
-                   help="image decoding threads per request")
-    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
-    p.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
-    p.add_argument("--threshold", action="append", metavar="GROUP=FLAG[:REVIEW]",
-                   help="override a group's thresholds, e.g. ivory=0.9:0.5 (repeatable)")
-    p.add_argument("--top-k", type=int, default=3)
+    from ..options import add_classifier_arguments
+
+    add_classifier_arguments(
+        p, batch_size=16, batch_size_help="images per model run in batch requests (default 16)",
+        threads_help="inference threads per worker (default: the runtime decides)")
     p.add_argument("--match-index", default=None, metavar="FILE",
                    help="known-photo index: results list their matches, a photo with one is "
                    "flagged ([match] extra)")
@@ -77,9 +71,11 @@ def build_config(args: argparse.Namespace) -> Any:
     Raises:
         ConfigError: invalid option values.
     """
+    from dataclasses import fields
+
     from ..errors import ConfigError
     from ..imaging import DEFAULT_MAX_PIXELS
-    from ..modelpack import Thresholds
+    from ..options import ClassifierOptions
     from ._config import ServeConfig
 
     if args.workers < 1:
@@ -88,18 +84,13 @@ def build_config(args: argparse.Namespace) -> Any:
         raise ConfigError(f"--port must be in 1..65535, got {args.port}")
     if not args.max_body_mb > 0:
         raise ConfigError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
+    options = ClassifierOptions.from_args(args, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
+    served = {f.name for f in fields(ServeConfig)} - {"match_index"}  # a path here
     return ServeConfig(
         model=args.model,
-        backend=args.backend,
-        precision=args.precision,
-        threads=args.threads,
-        decode_workers=args.decode_workers,
-        thresholds=Thresholds.parse(args.threshold or []) or None,
-        top_k=args.top_k,
+        **{k: v for k, v in options.to_dict().items() if k in served},
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
         max_batch_files=args.max_batch_files,
-        batch_size=args.batch_size,
         max_concurrency=args.max_concurrency,
         max_pending=args.max_pending,
         request_timeout_s=args.timeout,

@@ -31,6 +31,7 @@ class ServeConfig:
         decode_workers: image-decoding threads per request (``None``: one per image, up to 4).
         thresholds: per-group threshold overrides, as for :class:`wildvision.Classifier`.
         top_k: fine labels per prediction.
+        open_set: apply the model's open-set gate (default ``True``).
         max_body_bytes: largest request body accepted, enforced while it streams in (413).
         max_pixels: largest image accepted, checked on the header before decoding (422).
         max_batch_files: most files in one ``/v1/classify/batch`` request (400 beyond).
@@ -56,6 +57,7 @@ class ServeConfig:
     decode_workers: int | None = None
     thresholds: dict[str, Any] | None = None
     top_k: int = 3
+    open_set: bool = True
     max_body_bytes: int = 16 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_batch_files: int = 32
@@ -87,6 +89,20 @@ class ServeConfig:
             )
         if any(not isinstance(k, str) or not k for k in self.api_keys):
             raise ConfigError("ServeConfig.api_keys must be non-empty strings")
+
+    def classifier_options(self, **changes: Any) -> Any:
+        """The :class:`~wildvision.ClassifierOptions` of the service's classifier: every
+        field this config shares with it by name, ``max_bytes`` = ``max_body_bytes``, then
+        ``changes`` (the loaded ``match_index``: this config holds its path).
+
+        Raises:
+            ConfigError: an option value the classifier refuses.
+        """
+        from ..options import ClassifierOptions
+
+        names = set(ClassifierOptions.__dataclass_fields__) - {"match_index"}
+        shared = {f.name: getattr(self, f.name) for f in fields(self) if f.name in names}
+        return ClassifierOptions(**shared, max_bytes=self.max_body_bytes).replace(**changes)
 
     @property
     def pending_limit(self) -> int:
