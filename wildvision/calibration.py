@@ -25,6 +25,8 @@ import numpy as np
 
 from .errors import ConfigError
 from .modelpack import Thresholds
+from .scores import log_softmax as log_softmax
+from .scores import softmax as softmax
 
 __all__ = [
     "DEFAULT_FLAG_PRECISION",
@@ -50,20 +52,6 @@ DEFAULT_REVIEW_PRECISION = 0.80
 FALLBACK_THRESHOLDS = Thresholds(flag=0.5, review=0.3)
 
 _T_MIN, _T_MAX = 0.05, 20.0
-
-
-def log_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise ``log(softmax(logits / temperature))`` in float64."""
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    z = z - z.max(axis=-1, keepdims=True)
-    out: np.ndarray = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-    return out
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise ``softmax(logits / temperature)`` in float64."""
-    out: np.ndarray = np.exp(log_softmax(logits, temperature))
-    return out
 
 
 def _check(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -36,6 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import ConfigError, ModelIntegrityError
+from .scores import unit_rows
 
 __all__ = ["FAMILIARITY_FILE", "Familiarity", "build_familiarity", "load_familiarity"]
 
@@ -63,13 +64,6 @@ def _one_blas_thread() -> AbstractContextManager[Any]:
     return _BLAS.limit(limits=1, user_api="blas")  # type: ignore[no-any-return]
 
 
-def _unit(x: NDArray[np.floating]) -> NDArray[np.float32]:
-    x = np.asarray(x, dtype=np.float32)
-    n = np.linalg.norm(x, axis=-1, keepdims=True)
-    out: NDArray[np.float32] = x / np.maximum(n, np.float32(1e-12))
-    return out
-
-
 @dataclass(frozen=True)
 class Familiarity:
     """The reference set and the threshold of the open-set gate."""
@@ -93,7 +87,7 @@ class Familiarity:
         refs: NDArray[np.float32] = self._refs32  # type: ignore[attr-defined]
         out = np.empty(len(e), dtype=np.float32)
         with _one_blas_thread():
-            z = _unit(_unit(e) @ self.projection.T)
+            z = unit_rows(unit_rows(e) @ self.projection.T)
             for i in range(0, len(z), chunk):
                 out[i:i + chunk] = (z[i:i + chunk] @ refs.T).max(axis=1)
         return out
@@ -139,7 +133,7 @@ def build_familiarity(train_embeddings: NDArray[np.floating],
 
     Returns the gate and a record (thresholds, quantile, dims, counts) for the card.
     """
-    x = _unit(train_embeddings)
+    x = unit_rows(train_embeddings)
     if x.ndim != 2 or len(x) < 2:
         raise ConfigError("familiarity: need at least 2 training embeddings")
     if not any(len(v) for v in positives.values()):
@@ -151,7 +145,7 @@ def build_familiarity(train_embeddings: NDArray[np.floating],
     # uncentred: cosine geometry around the origin is what the similarity uses
     _u, _s, vt = np.linalg.svd(x, full_matrices=False)
     proj = np.ascontiguousarray(vt[:d], dtype=np.float32)
-    refs = _unit(x @ proj.T).astype(np.float16)
+    refs = unit_rows(x @ proj.T).astype(np.float16)
     gate = Familiarity(proj, refs, {})
     thresholds = {g: round(float(np.quantile(gate.score(v), quantile)), 6)
                   for g, v in positives.items() if len(v)}

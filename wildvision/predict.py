@@ -15,7 +15,6 @@ from typing import Any, Union
 
 import numpy as np
 
-from .calibration import softmax
 from .errors import ConfigError, WildvisionError
 from .explain import (
     Explanation,
@@ -33,6 +32,7 @@ from .options import ClassifierOptions
 from .preprocess import preprocess_image, resize_crop
 from .registry import default_model_name, resolve_model
 from .runtime import Backend, create_backend
+from .scores import group_matrix, softmax
 from .taxonomy import FLAGGABLE_GROUPS
 
 __all__ = [
@@ -372,9 +372,7 @@ class Classifier:
         self.match_index = match_index
         labels = self.card.labels
         self._groups = self.card.groups
-        self._group_matrix = np.zeros((len(labels), len(self._groups)), dtype=np.float64)
-        for i, lab in enumerate(labels):
-            self._group_matrix[i, self._groups.index(self.card.label_groups[lab])] = 1.0
+        self._group_matrix = group_matrix(labels, self.card.label_groups, self._groups)
         self.explain_top = opts.explain
         self._head: LinearHead | None = None
         if opts.explain:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..scores import group_matrix
 from ..taxonomy import FLAGGABLE_GROUPS, GROUP_NAMES, fine_label
 from . import metrics as M
 from .predictions import ModelRun
@@ -139,9 +140,7 @@ def build_eval_data(run: ModelRun, records: Sequence[Mapping[str, Any]]) -> Eval
                             f"{run.key}") from None
     gidx = {g: i for i, g in enumerate(groups)}
     lidx = {lab: i for i, lab in enumerate(labels)}
-    gmat = np.zeros((len(model_labels), len(groups)))
-    for i, lab in enumerate(model_labels):
-        gmat[i, gidx[label_groups[lab]]] = 1.0
+    gmat = group_matrix(model_labels, label_groups, groups)
     gprob = lprob @ gmat
     dcode = {d: i for i, d in enumerate(DECISIONS)}
     gdec = np.full((n, len(groups)), PASS, dtype=np.int8)

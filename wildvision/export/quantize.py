@@ -32,6 +32,7 @@ from ..modelcard_md import write_card
 from ..modelpack import ModelCard, ModelPackage, load_package
 from ..preprocess import preprocess_image
 from ..runtime import OnnxBackend
+from ..scores import group_matrix, softmax
 
 __all__ = [
     "INT8_FILE",
@@ -130,13 +131,9 @@ def _load_batches(card: ModelCard, images: Sequence[str], batch_size: int,
 
 def _agreement(card: ModelCard, fp32: OnnxBackend, int8: OnnxBackend, images: Sequence[str],
                batch_size: int) -> dict[str, Any]:
-    from ..predict import softmax
-
     failures: list[str] = []
     groups = card.groups
-    gmat = np.zeros((len(card.labels), len(groups)))
-    for i, lab in enumerate(card.labels):
-        gmat[i, groups.index(card.label_groups[lab])] = 1.0
+    gmat = group_matrix(card.labels, card.label_groups, groups)
     n = top1 = top_group = 0
     max_diff = sum_diff = max_gdiff = 0.0
     for batch in _load_batches(card, images, batch_size, failures):

@@ -42,6 +42,7 @@ from PIL import Image
 from ..errors import ConfigError, IndexModelMismatchError, MatchIndexError, MissingExtraError
 from ..matching import Match
 from ..modelpack import ModelPackage
+from ..scores import unit_rows
 from ._io import atomic_write, csv_safe, str_array
 from .pdq import HASH_BYTES, MIN_QUALITY, hamming, pdq_hash, to_hex
 
@@ -70,15 +71,6 @@ def _faiss() -> Any:
     except ImportError as e:
         raise MissingExtraError("faiss-cpu", "match", "known-photo search") from e
     return faiss
-
-
-def _unit(x: NDArray[Any]) -> NDArray[np.float32]:
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 1:
-        x = x[None]
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    out: NDArray[np.float32] = x / np.maximum(n, np.float32(1e-12))
-    return out
 
 
 def model_fingerprint(package: ModelPackage, precision: str = "fp32") -> dict[str, Any]:
@@ -284,7 +276,7 @@ class MatchIndex:
                 raise IndexModelMismatchError(
                     f"query embeddings have {embeddings.shape[1]} dimensions, the index "
                     f"{self.embedding_dim}")
-            q = _unit(embeddings)
+            q = unit_rows(embeddings)
             k = min(len(self), max(self.top_k, 10))
             _, ids = eng.emb.search(q, k)
             for row in range(n):
@@ -408,7 +400,7 @@ class MatchIndex:
             MatchIndexError: a reference already in the index or given twice; wrong shapes.
         """
         emb = (np.zeros((len(references), 0), np.float16) if embeddings is None
-               else _unit(embeddings).astype(np.float16) if len(references) else
+               else unit_rows(embeddings).astype(np.float16) if len(references) else
                np.zeros((0, self.embedding_dim), np.float16))
         if emb.shape[1] != self.embedding_dim:
             raise MatchIndexError(f"embeddings of {emb.shape[1]} dimensions for an index of "

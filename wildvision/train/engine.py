@@ -37,13 +37,13 @@ from .. import __version__
 from ..calibration import (
     choose_group_thresholds,
     fit_temperature,
-    softmax,
     thresholds_from_reports,
 )
 from ..errors import ConfigError, ModelIntegrityError
 from ..modelcard_md import write_card
 from ..modelpack import ModelCard, Thresholds, load_package
 from ..preprocess import PreprocessConfig, normalize
+from ..scores import group_matrix, softmax
 from ..taxonomy import FLAGGABLE_GROUPS, GROUP_NAMES
 from ..torch_model import WildvisionNet, export_onnx, load_state_file, save_state_file
 from .caches import EmbeddingCache, TrunkCache, cache_key, find_donor, write_trunk_index
@@ -442,7 +442,7 @@ class _FineTuner:
         pred = z.argmax(axis=1)
         labels = self.data.labels
         groups = sorted(set(self.data.label_groups[lab] for lab in labels))
-        to_group = np.array([groups.index(self.data.label_groups[lab]) for lab in labels])
+        to_group = group_matrix(labels, self.data.label_groups, groups).argmax(axis=1)
         loss = float(nn.functional.cross_entropy(torch.from_numpy(z).double(),
                                                  torch.from_numpy(y)))
         return {"val_loss": loss,
@@ -669,9 +669,7 @@ def _finish(model: WildvisionNet, data: TrainData, recipe: Recipe, cfg: Preproce
         temperature = 1.0
         notes.append("no validation images: temperature 1.0, fallback thresholds")
     groups = [g for g in GROUP_NAMES if g in set(data.label_groups.values())]
-    gm = np.zeros((len(labels), len(groups)))
-    for i, lab in enumerate(labels):
-        gm[i, groups.index(data.label_groups[lab])] = 1.0
+    gm = group_matrix(labels, data.label_groups, groups)
     gp = softmax(val_logits, temperature) @ gm if len(y_val) else np.zeros((0, len(groups)))
     true_groups = [data.label_groups[labels[k]] for k in y_val]
     reports = choose_group_thresholds(

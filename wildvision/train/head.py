@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..calibration import log_softmax
+from ..scores import log_softmax
 from .metrics import macro_f1
 
 __all__ = ["HeadFit", "class_weights", "fit_linear_head"]

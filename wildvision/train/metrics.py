@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ..calibration import expected_calibration_error, log_softmax
+from ..calibration import expected_calibration_error
 from ..modelpack import Thresholds
+from ..scores import group_matrix, log_softmax
 from ..taxonomy import FLAGGABLE_GROUPS
 
 __all__ = ["evaluate", "macro_f1", "prf"]
@@ -82,10 +83,7 @@ def evaluate(logits: np.ndarray, y: np.ndarray, labels: Sequence[str],
     p_raw, p_cal = np.exp(lp_raw), np.exp(lp_cal)
     pred = z.argmax(axis=1)
     groups = [g for g in dict.fromkeys(label_groups[lab] for lab in labels)]
-    gm = np.zeros((c, len(groups)))
-    for i, lab in enumerate(labels):
-        gm[i, groups.index(label_groups[lab])] = 1.0
-    gp = p_cal @ gm
+    gp = p_cal @ group_matrix(labels, label_groups, groups)
     g_true = np.array([groups.index(label_groups[labels[k]]) for k in y], dtype=np.int64)
     g_pred = gp.argmax(axis=1)
 
