@@ -239,6 +239,8 @@ class Failure:
 
 
 Result = Union[Prediction, Failure]
+# One image's rows of the model's outputs (Classifier.iter_arrays): name -> array.
+ImageArrays = dict[str, np.ndarray]
 
 
 ThresholdSpec = Mapping[str, Union[Thresholds, Mapping[str, float], float]]
@@ -548,11 +550,12 @@ class Classifier:
         )
 
     def _infer(self, prepared: list[_Prepared], batch: np.ndarray | None = None
-               ) -> list[Result]:
+               ) -> list[tuple[Result, ImageArrays | None]]:
         # ``batch``: the preallocated rows of ``prepared`` (iter_classify), used as is when
-        # every item decoded.
+        # every item decoded. Each result comes with its rows of the model's outputs.
         ok = [p for p in prepared if p.error is None]
         results: dict[int, Result] = {p.index: self._failure(p) for p in prepared if p.error}
+        arrays: dict[int, ImageArrays] = {}
         if ok:
             if batch is None or len(ok) != len(prepared):
                 batch = np.stack([p.tensor for p in ok])  # type: ignore[misc]
@@ -585,7 +588,11 @@ class Classifier:
                         found[row] if found is not None else None,
                         exps[row],
                     )
-        return [results[p.index] for p in prepared]
+                    a = {k: v[row] for k, v in out.items()}
+                    if fam is not None:
+                        a["familiarity"] = fam[row]
+                    arrays[p.index] = a
+        return [(results[p.index], arrays.get(p.index)) for p in prepared]
 
     # -- public API ----------------------------------------------------------------------
     def classify(self, source: ImageSource) -> Prediction:
@@ -597,7 +604,7 @@ class Classifier:
         p = self._prepare(0, source)
         if p.error is not None:
             raise p.error
-        result = self._infer([p])[0]
+        result = self._infer([p])[0][0]
         if isinstance(result, Failure):
             raise WildvisionError(f"{result.source}: {result.message}")
         return result
@@ -622,6 +629,24 @@ class Classifier:
         Raises:
             ConfigError: ``batch_size`` < 1.
         """
+        return (r for r, _ in self.iter_arrays(sources, batch_size=batch_size))
+
+    def iter_arrays(self, sources: Iterable[ImageSource], *, batch_size: int | None = None
+                    ) -> Iterator[tuple[Result, ImageArrays | None]]:
+        """Like :meth:`iter_classify`, with each result the model's outputs for that image as
+        numpy arrays, for callers that compute on them (the bench, the open-set gate's
+        export, a known-photo index) rather than rebuild them from a :class:`Prediction`.
+
+        The arrays (``None`` for a :class:`Failure`) are the image's rows of
+        :meth:`predict_arrays`: ``logits``, ``probabilities`` (calibrated, per
+        ``card.labels``, float64), ``group_probabilities`` (per ``card.groups``), and the
+        model's other outputs such as ``embedding`` (float32); plus ``familiarity`` (a float32
+        scalar) when the open-set gate is on. They are views into the run's outputs: copy
+        what you keep.
+
+        Raises:
+            ConfigError: ``batch_size`` < 1.
+        """
         if batch_size is None:
             batch_size = self.options.batch_size
         if batch_size < 1:
@@ -630,7 +655,8 @@ class Classifier:
             batch_size = min(batch_size, max(1, len(sources)))
         return self._pipeline(iter(sources), batch_size)
 
-    def _pipeline(self, it: Iterator[ImageSource], batch_size: int) -> Iterator[Result]:
+    def _pipeline(self, it: Iterator[ImageSource], batch_size: int
+                  ) -> Iterator[tuple[Result, ImageArrays | None]]:
         size = self.card.preprocess.input_size
         run = max(1, min(batch_size, _RUN_PIXELS // (size * size)))
         n_runs = self._runs
@@ -641,7 +667,8 @@ class Classifier:
         slots = -(-(batch_size + n_runs * run) // run) * run
         ring = np.empty((slots, 3, size, size), np.float32)  # untouched rows cost no memory
         pending: deque[Future[_Prepared]] = deque()  # decoding, in input order
-        running: deque[Future[list[Result]]] = deque()  # in the model, in input order
+        # in the model, in input order
+        running: deque[Future[list[tuple[Result, ImageArrays | None]]]] = deque()
         taken = queued = done = 0  # items read from sources / given to the model / yielded
         exhausted = False
         with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="wv-decode") as decode, \

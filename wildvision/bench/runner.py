@@ -231,7 +231,7 @@ def predict_to_file(
     # load every model first: a typo in the second model must not cost the first one's run
     classifiers = []
     for spec in models:
-        clf = Classifier(spec, opts.replace(top_k=10**6))
+        clf = Classifier(spec, opts)
         classifiers.append((spec, clf))
     keys: list[str] = []
     for _spec, clf in classifiers:
@@ -262,8 +262,9 @@ def predict_to_file(
             batch_sizes: list[int] = []
             t0 = last = time.perf_counter()
             n_done = last_done = 0
-            results = clf.iter_classify(paths, batch_size=batch_size)
-            for row, gt, res in zip(rows, truth, results, strict=True):
+            labels = clf.card.labels
+            results = clf.iter_arrays(paths, batch_size=batch_size)
+            for row, gt, (res, arrays) in zip(rows, truth, results, strict=True):
                 rec: dict[str, Any] = {
                     "record": "image", "model_key": key, "path": row.path,
                     "sha256": row.sha256 or getattr(res, "image_sha256", ""),
@@ -271,10 +272,11 @@ def predict_to_file(
                     "split": row.split, "ok": bool(res.ok),
                 }
                 if isinstance(res, Prediction):
-                    probs = {s.label: s.probability for s in res.top_labels}
+                    assert arrays is not None
+                    probs = arrays["probabilities"].tolist()
                     rec.update({
                         "image_sha256": res.image_sha256,
-                        "probabilities": {lab: probs[lab] for lab in clf.card.labels},
+                        "probabilities": dict(zip(labels, probs, strict=True)),
                         "top_label": res.top_labels[0].label,
                         "top_group": res.top_group,
                         "decision": res.decision,

@@ -122,7 +122,7 @@ def score_manifest(model: str | Path | ModelPackage, data: str | Path, *,
 
     Unreadable photos are listed in ``failures`` and left out; nothing else is dropped.
     """
-    from ..predict import Classifier
+    from ..predict import Classifier, Failure
 
     rows, manifest = _read_rows(data, split, data_root)
     clf = Classifier(model, open_set=open_set)
@@ -130,14 +130,14 @@ def score_manifest(model: str | Path | ModelPackage, data: str | Path, *,
     paths = [str(manifest.abs_path(r)) for r in rows]
     groups = tuple(clf.card.groups)
     probs, fams, keep, fails = [], [], [], []
-    for i, res in enumerate(clf.iter_classify(paths, batch_size=batch_size)):
+    for i, (res, arrays) in enumerate(clf.iter_arrays(paths, batch_size=batch_size)):
         if progress is not None:
             progress(i + 1, len(paths))
-        if not res.ok:
+        if isinstance(res, Failure) or arrays is None:
             fails.append((rows[i].path, f"{res.error_type}: {res.message}"))  # type: ignore[union-attr]
             continue
-        probs.append([res.group(g).probability for g in groups])  # type: ignore[union-attr]
-        fams.append(res.familiarity if res.familiarity is not None else np.inf)  # type: ignore[union-attr]
+        probs.append(arrays["group_probabilities"])  # per card.groups
+        fams.append(float(arrays["familiarity"]) if "familiarity" in arrays else np.inf)
         keep.append(i)
     if not keep:
         raise DataError(f"{data}: none of the {len(rows)} photos could be read")

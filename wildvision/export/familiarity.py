@@ -22,13 +22,13 @@ __all__ = ["add_familiarity"]
 def _embed(clf: Any, paths: Sequence[str], what: str, show: bool
            ) -> tuple[list[int], np.ndarray, list[tuple[str, ...]]]:
     """Indices of the images that worked, their embeddings, and the groups each is flagged
-    for (only those: a whole Prediction carries its embedding again as Python floats)."""
+    for."""
     keep, embs, flagged = [], [], []
     failed = 0
-    for i, r in enumerate(clf.iter_classify(paths, batch_size=32)):
-        if r.ok:
+    for i, (r, arrays) in enumerate(clf.iter_arrays(paths, batch_size=32)):
+        if r.ok and arrays is not None:
             keep.append(i)
-            embs.append(np.asarray(r.embedding, dtype=np.float32))
+            embs.append(np.array(arrays["embedding"], dtype=np.float32))
             flagged.append(r.flagged_groups)
         else:
             failed += 1
@@ -63,7 +63,9 @@ def add_familiarity(package_dir: str | os.PathLike[str], manifest: str | os.Path
     if not train or not val:
         raise ConfigError(f"familiarity: {manifest} has {len(train)} {train_split!r} and "
                           f"{len(val)} {val_split!r} rows; both are needed")
-    clf = Classifier(pkg, return_embedding=True, open_set=False)
+    if "embedding" not in pkg.card.outputs:
+        raise ConfigError(f"familiarity: model {pkg.card.name} has no 'embedding' output")
+    clf = Classifier(pkg, open_set=False)
     _k, x_train, _p = _embed(clf, [os.fspath(m.abs_path(r)) for r in train], train_split, show)
     keep, x_val, flagged = _embed(clf, [os.fspath(m.abs_path(r)) for r in val], val_split,
                                   show)

@@ -91,12 +91,12 @@ def _embed_and_hash(photos: Sequence[KnownPhoto], clf: Classifier, batch_size: i
                                list[Failure]]:
     rows, hashes, quality, embs, failures = [], [], [], [], []
     cfg = clf.card.preprocess
-    results = clf.iter_classify([ph.path for ph in photos], batch_size=batch_size)
-    for i, (ph, r) in enumerate(zip(photos, results, strict=True)):
+    results = clf.iter_arrays([ph.path for ph in photos], batch_size=batch_size)
+    for i, (ph, (r, arrays)) in enumerate(zip(photos, results, strict=True)):
         if isinstance(r, Failure):
             failures.append(r)
             continue
-        assert isinstance(r, Prediction) and r.embedding is not None
+        assert isinstance(r, Prediction) and arrays is not None
         try:  # decoded exactly as the classifier decodes it, so the hash matches at query time
             dec = decode_image(ph.path, max_pixels=clf.max_pixels, max_bytes=clf.max_bytes,
                                draft_size=cfg.draft_size)
@@ -108,7 +108,8 @@ def _embed_and_hash(photos: Sequence[KnownPhoto], clf: Classifier, batch_size: i
         rows.append(i)
         hashes.append(h)
         quality.append(q)
-        embs.append(np.asarray(r.embedding, np.float32))
+        # a hash-only index of a model without an embedding output stores no embeddings
+        embs.append(np.array(arrays.get("embedding", ()), np.float32))
     return rows, hashes, quality, embs, failures
 
 
@@ -131,7 +132,7 @@ def add_photos(index: MatchIndex, photos: Sequence[KnownPhoto], *, model: Any = 
         dup = sorted(clash) or sorted({r for r in refs if refs.count(r) > 1})
         raise MatchIndexError(f"duplicate references: {dup[:5]}")
     clf = _classifier if _classifier is not None else Classifier(
-        model, precision=precision, threads=threads, return_embedding=True, open_set=False)
+        model, precision=precision, threads=threads, open_set=False)
     if index.embedding_dim:
         index.check_model(clf.package, precision)
     rows, hashes, quality, embs, failures = _embed_and_hash(photos, clf, batch_size)
@@ -165,8 +166,7 @@ def build_index(photos: Iterable[KnownPhoto], *, model: Any = None, precision: s
         >>> index.save("known.npz")  # doctest: +SKIP
     """
     photos = list(photos)
-    clf = Classifier(model, precision=precision, threads=threads, return_embedding=True,
-                     open_set=False)
+    clf = Classifier(model, precision=precision, threads=threads, open_set=False)
     head: dict[str, Any] = dict(model_fingerprint(clf.package, precision))
     dim = _embedding_dim(clf)
     head["embedding_dim"] = dim
