@@ -1,8 +1,9 @@
 """The ``wildvision`` command line.
 
 Subcommands: ``classify``, ``models list|show`` (core); ``data``, ``train``, ``bench``,
-``serve``, ``export`` come from subpackages behind extras. Each of those registers its
-arguments from a light ``_cli`` module and imports its heavy dependencies only when run.
+``serve``, ``export``, ``extend`` come from subpackages (behind extras where they need
+them). Each of those registers its arguments from a light ``_cli`` module and imports its
+heavy dependencies only when run.
 
 Exit status: 0 success, 1 some inputs failed (or a command failed), 2 usage error.
 """
@@ -37,6 +38,7 @@ _PLUGINS = {
     "export": "wildvision.export._cli",
     "calibrate": "wildvision.calibrate._cli",
     "match": "wildvision.match._cli",
+    "extend": "wildvision.extend._cli",
 }
 CSV_FIELDS = (
     "source", "ok", "decision", "flagged_groups", "top_group", "top_label",

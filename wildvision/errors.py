@@ -12,6 +12,7 @@ __all__ = [
     "MissingExtraError",
     "ModelIntegrityError",
     "ModelNotInstalledError",
+    "RetentionError",
     "UnknownModelError",
     "UnsupportedFormatError",
     "WildvisionError",
@@ -74,3 +75,8 @@ class MatchIndexError(WildvisionError, ValueError):
 class IndexModelMismatchError(MatchIndexError):
     """A known-photo index was made with another model than the one asked to use it: its
     embeddings are not comparable. The message names both models."""
+
+
+class RetentionError(WildvisionError):
+    """Extending a model would cost one of its base groups more than the allowed F1 drop on
+    the base model's validation bank; nothing was written (``force`` writes it anyway)."""

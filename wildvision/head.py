@@ -8,6 +8,14 @@ makes the ``logits`` output (``Gemm``, or ``MatMul`` + ``Add``) and the tensors 
 ``DequantizeLinear``). The head must read the model's own ``embedding`` output, so the map
 from ``embedding`` to ``logits`` is exactly the returned affine map.
 
+An *extended* package (``wildvision extend``) keeps its base model's ONNX files unchanged and
+adds ``head.npz``: its labels' logits are ``embedding @ weight.T + bias`` over the extended
+label list (two plain arrays, ``weight`` (C x D) and ``bias`` (C), read with
+``allow_pickle=False``). :func:`wildvision.runtime.create_backend` applies it, so every path
+that runs a package (``Classifier`` and with it the CLI, the service, Ray and the benchmark;
+fp32 and int8) gets the head's logits under ``logits``; the graph's own ``logits`` output (the
+base model's labels) is not used.
+
 :func:`head_weights` is the one place every caller gets a package's head from.
 """
 
@@ -24,7 +32,10 @@ import numpy as np
 from .errors import ModelIntegrityError
 from .modelpack import ModelPackage
 
-__all__ = ["LinearHead", "head_weights", "read_onnx_head"]
+__all__ = ["HEAD_FILE", "LinearHead", "head_weights", "load_head", "package_head",
+           "read_onnx_head"]
+
+HEAD_FILE = "head.npz"
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,48 @@ class LinearHead:
         out: np.ndarray = np.asarray(embedding, np.float32) @ self.weight.T + self.bias
         return out
 
+    @property
+    def width(self) -> int:
+        """Width of the embedding the head reads."""
+        return int(self.weight.shape[1])
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write ``head.npz`` (plain arrays)."""
+        with open(path, "wb") as f:
+            np.savez(f, weight=np.asarray(self.weight, np.float32),
+                     bias=np.asarray(self.bias, np.float32))
+
+
+def load_head(path: str | os.PathLike[str], n_labels: int | None = None) -> LinearHead:
+    """Read ``head.npz`` (plain arrays only).
+
+    Raises:
+        ModelIntegrityError: not a head file, arrays that do not fit together or are not
+            finite, or a label count other than ``n_labels``.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            weight = np.ascontiguousarray(d["weight"], np.float32)
+            bias = np.ascontiguousarray(d["bias"], np.float32)
+    except (OSError, KeyError, ValueError) as e:
+        raise ModelIntegrityError(f"{path}: not a head file ({e})") from e
+    if (weight.ndim != 2 or bias.shape != (weight.shape[0],)
+            or not np.isfinite(weight).all() or not np.isfinite(bias).all()):
+        raise ModelIntegrityError(f"{path}: weight {weight.shape} and bias {bias.shape} do not "
+                                  "fit together (or are not finite)")
+    if n_labels is not None and weight.shape[0] != n_labels:
+        raise ModelIntegrityError(f"{path}: the head has {weight.shape[0]} labels, the card "
+                                  f"{n_labels}")
+    return LinearHead(weight=weight, bias=bias)
+
+
+def package_head(package: ModelPackage) -> LinearHead | None:
+    """The numpy head (``head.npz``) of an extended package; ``None`` when the ONNX graph's
+    own ``logits`` are the model's."""
+    if HEAD_FILE not in package.card.files:
+        return None
+    return load_head(package.file(HEAD_FILE), len(package.card.labels))
+
 
 _HEADS: dict[tuple[str, int, int, str], LinearHead] = {}
 _HEADS_LOCK = threading.Lock()
@@ -61,12 +114,14 @@ def head_weights(package: ModelPackage, precision: str = "fp32") -> LinearHead:
         ConfigError: an unknown precision.
     """
     path = package.onnx_file(precision)
+    if HEAD_FILE in package.card.files:  # an extended package: the head is head.npz
+        path = package.file(HEAD_FILE)
     st = path.stat()
     key = (os.fspath(path), st.st_mtime_ns, st.st_size, precision)
     with _HEADS_LOCK:
         head = _HEADS.get(key)
     if head is None:
-        head = read_onnx_head(path)
+        head = load_head(path) if path.name == HEAD_FILE else read_onnx_head(path)
         with _HEADS_LOCK:
             if len(_HEADS) >= 8:
                 _HEADS.pop(next(iter(_HEADS)))

@@ -11,9 +11,10 @@ from typing import Protocol
 import numpy as np
 
 from .errors import ConfigError, MissingExtraError, ModelIntegrityError
+from .head import LinearHead, package_head
 from .modelpack import ModelPackage
 
-__all__ = ["BACKENDS", "Backend", "OnnxBackend", "create_backend"]
+__all__ = ["BACKENDS", "Backend", "HeadBackend", "OnnxBackend", "create_backend"]
 
 BACKENDS = ("onnx", "torch")
 
@@ -66,6 +67,25 @@ class OnnxBackend:
         return {n: np.asarray(o) for n, o in zip(self.output_names, outs, strict=True)}
 
 
+class HeadBackend:
+    """A backend whose ``logits`` come from a numpy head on its ``embedding`` output (an
+    extended package, :mod:`wildvision.head`); the other outputs pass through unchanged."""
+
+    def __init__(self, inner: Backend, head: LinearHead) -> None:
+        if "embedding" not in inner.output_names:
+            raise ModelIntegrityError("the package has a head on the embedding, but its model "
+                                      "has no 'embedding' output")
+        self.inner = inner
+        self.head = head
+        self.name = inner.name
+        self.output_names = tuple(dict.fromkeys(("logits", *inner.output_names)))
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        out = dict(self.inner.run(batch))
+        out["logits"] = self.head.logits(out["embedding"])
+        return out
+
+
 def create_backend(
     package: ModelPackage,
     backend: str = "onnx",
@@ -73,15 +93,21 @@ def create_backend(
     precision: str = "fp32",
     threads: int | None = None,
 ) -> Backend:
-    """Create the backend ``backend`` for ``package``.
+    """Create the backend ``backend`` for ``package`` (with the package's numpy head applied
+    to its ``logits`` when it has one: :class:`HeadBackend`).
 
     Raises:
         ConfigError: unknown backend or precision.
         MissingExtraError: torch backend without the ``[torch]`` extra.
     """
+    head = package_head(package)
     if backend == "onnx":
-        return OnnxBackend(package.onnx_file(precision), threads=threads)
+        onnx = OnnxBackend(package.onnx_file(precision), threads=threads)
+        return HeadBackend(onnx, head) if head is not None else onnx
     if backend == "torch":
+        if head is not None:
+            raise ConfigError(f"model {package.card.name} is an extended package (a numpy head "
+                              "on the base model); run it with backend='onnx'")
         if precision != "fp32":
             raise ConfigError("the torch backend runs fp32 only; use backend='onnx' for int8")
         try:

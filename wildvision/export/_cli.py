@@ -9,7 +9,7 @@ import json
 import shlex
 import sys
 
-__all__ = ["register", "run_familiarity", "run_int8", "run_triton"]
+__all__ = ["register", "run_bank", "run_familiarity", "run_int8", "run_triton"]
 
 
 def run_int8(args: argparse.Namespace) -> int:
@@ -50,6 +50,21 @@ def run_familiarity(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_bank(args: argparse.Namespace) -> int:
+    """``wildvision export bank PACKAGE_DIR --data MANIFEST``."""
+    from .bank import add_bank
+
+    command = "wildvision export bank " + " ".join(shlex.quote(str(a)) for a in (
+        args.package, "--data", args.data, "--train-split", args.train_split, "--val-split",
+        args.val_split, "--dims", args.dims, "--max-mb", args.max_mb))
+    record = add_bank(args.package, args.data, train_split=args.train_split,
+                      val_split=args.val_split, dims=args.dims,
+                      max_bytes=int(args.max_mb * 1_000_000), data_root=args.data_root,
+                      threads=args.threads, command=command)
+    print(json.dumps(record, indent=2))
+    return 0
+
+
 def run_triton(args: argparse.Namespace) -> int:
     """``wildvision export triton MODEL --out DIR``."""
     from .triton import export_triton
@@ -63,8 +78,9 @@ def run_triton(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``export int8`` and ``export triton`` to the ``wildvision`` parser."""
-    p = subparsers.add_parser("export", help="add INT8 or the open-set gate to a package; Triton",
+    """Add ``export int8|familiarity|bank|triton`` to the ``wildvision`` parser."""
+    p = subparsers.add_parser("export", help="add INT8, the open-set gate or the extension "
+                              "bank to a package; Triton",
                               description="Export a model package to other forms.")
     sub = p.add_subparsers(dest="export_command", metavar="FORMAT")
 
@@ -113,6 +129,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    "threshold (default 0.01)")
     f.add_argument("--data-root", default=None, help="data root of the manifest's paths")
     f.set_defaults(func=run_familiarity)
+
+    b = sub.add_parser(
+        "bank", help="add the extension bank (bank.npz) to a package",
+        description="Embed the training and validation images of the manifest the model was "
+        "trained on with the package's own model and store them, projected and in float16, "
+        "as the package's extension bank: what `wildvision extend` needs to add labels "
+        "while keeping the model's own. Core install only. See docs/extend.md.",
+    )
+    b.add_argument("package", metavar="PACKAGE_DIR", help="model package folder (modified)")
+    b.add_argument("--data", required=True, metavar="MANIFEST",
+                   help="the manifest the model was trained on")
+    b.add_argument("--train-split", default="train", help="training rows (default: train)")
+    b.add_argument("--val-split", default="val", help="validation rows (default: val)")
+    b.add_argument("--dims", type=int, default=256,
+                   help="leading directions kept when the package has no open-set gate "
+                   "(default 256; with a gate, the gate's projection is used)")
+    b.add_argument("--max-mb", type=float, default=10.0,
+                   help="size budget in MB; training rows of the largest labels are "
+                   "subsampled to fit (default 10)")
+    b.add_argument("--data-root", default=None, help="data root of the manifest's paths")
+    b.add_argument("-t", "--threads", type=int, default=None, help="inference threads")
+    b.set_defaults(func=run_bank)
 
     t = sub.add_parser(
         "triton", help="write a Triton Inference Server model repository",

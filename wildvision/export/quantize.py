@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, MissingExtraError, WildvisionError
+from ..head import package_head
 from ..imaging import decode_image
 from ..modelcard_md import write_card
 from ..modelpack import ModelCard, ModelPackage, load_package
 from ..preprocess import preprocess_image
-from ..runtime import OnnxBackend
+from ..runtime import Backend, HeadBackend, OnnxBackend
 from ..scores import group_matrix, softmax
 
 __all__ = [
@@ -129,7 +130,14 @@ def _load_batches(card: ModelCard, images: Sequence[str], batch_size: int,
         yield np.stack(rows)
 
 
-def _agreement(card: ModelCard, fp32: OnnxBackend, int8: OnnxBackend, images: Sequence[str],
+def _with_head(pkg: ModelPackage, backend: OnnxBackend) -> Backend:
+    """The backend with the package's numpy head (an extended package) applied, as in
+    inference, so the agreement is measured on the labels the package outputs."""
+    head = package_head(pkg)
+    return HeadBackend(backend, head) if head is not None else backend
+
+
+def _agreement(card: ModelCard, fp32: Backend, int8: Backend, images: Sequence[str],
                batch_size: int) -> dict[str, Any]:
     failures: list[str] = []
     groups = card.groups
@@ -188,8 +196,8 @@ def measure_agreement(package: str | os.PathLike[str] | ModelPackage,
         1.0
     """
     pkg = package if isinstance(package, ModelPackage) else load_package(Path(package))
-    fp32 = OnnxBackend(pkg.onnx_file("fp32"))
-    int8 = OnnxBackend(pkg.onnx_file("int8"))
+    fp32 = _with_head(pkg, OnnxBackend(pkg.onnx_file("fp32")))
+    int8 = _with_head(pkg, OnnxBackend(pkg.onnx_file("int8")))
     return _agreement(pkg.card, fp32, int8, [os.fspath(p) for p in images], batch_size)
 
 
@@ -350,8 +358,9 @@ def quantize_package(
                 "weights": "int8" + (" per-channel" if per_channel else " per-tensor"),
                 "calibration_images": 0,
             })
-        fp32_backend = OnnxBackend(fp32_path)
-        int8_backend = OnnxBackend(out)  # fails here (ModelIntegrityError) if ORT cannot load it
+        fp32_backend = _with_head(pkg, OnnxBackend(fp32_path))
+        # fails here (ModelIntegrityError) if ORT cannot load it
+        int8_backend = _with_head(pkg, OnnxBackend(out))
         agreement = _agreement(pkg.card, fp32_backend, int8_backend, check, batch_size)
         agreement["held_out"] = check is not calib
         staged = root / (INT8_FILE + ".partial")

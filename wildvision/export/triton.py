@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, MissingExtraError, ModelIntegrityError
+from ..head import package_head
 from ..modelpack import ModelPackage
 from ..registry import resolve_model
 
@@ -186,6 +187,11 @@ def export_triton(
         raise ConfigError(f"instance_count must be >= 1, got {instance_count}")
     package = resolve_model(model_spec)
     card = package.card
+    if package_head(package) is not None:
+        raise ConfigError(
+            f"model {card.name} is an extended package: its labels come from a numpy head "
+            "(head.npz) on the ONNX model's embedding, which Triton does not run; serve it "
+            "with `wildvision serve` (or apply head.npz to Triton's 'embedding' output)")
     if not _NAME_OK.match(card.name):
         raise ConfigError(f"model name {card.name!r} is not usable as a Triton model name")
     onnx_path = package.onnx_file(precision)
