@@ -433,7 +433,8 @@ def extend_model(
         rp = ReviewPolicy(review_budget=float(base_policy["review_budget"]),
                           flag_precision=float(base_policy.get("flag_precision",
                                                                policy.flag_precision)),
-                          min_positives=int(base_policy.get("min_positives", 20)))
+                          min_positives=int(base_policy.get("min_positives", 20)),
+                          min_flag=float(base_policy.get("min_flag", policy.min_flag)))
         gated = np.zeros(gp_va.shape, dtype=bool)
         if gate is not None:
             for gi, g in enumerate(groups_t):
