@@ -65,9 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from wildvision.imaging import decode_image
     from wildvision.modelpack import ModelPackage
     from wildvision.predict import Classifier
-    from wildvision.registry import resolve_model
+    from wildvision.registry import load_model
 
-    pkg = resolve_model(args.model)
+    pkg = load_model(args.model)
     card = pkg.card
     manifest = read_manifest(args.data, data_root=args.data_root).split(args.split)
     labels, groups = list(card.labels), list(card.groups)

@@ -95,13 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         files, _ = listing_photos(args.data, work / "photos", args.images)
         model = args.model
         if model is None:
-            from wildvision.registry import builtin_models, default_model_name
+            from wildvision.registry import default_model_name, installed_models
 
-            model = (default_model_name() if default_model_name() in builtin_models()
+            model = (default_model_name() if default_model_name() in installed_models()
                      else str(build_lite0_package(work / "lite0")))
-        from wildvision.registry import resolve_model
+        from wildvision.registry import load_model
 
-        card = resolve_model(model).card
+        card = load_model(model).card
         cpus = os.cpu_count() or 1
         actors = args.actors or cpus
         t0 = time.perf_counter()

@@ -252,15 +252,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         random.Random(0).shuffle(bodies)
         model = args.model
         if model is None:
-            from wildvision.registry import builtin_models, default_model_name
+            from wildvision.registry import default_model_name, installed_models
 
-            if default_model_name() in builtin_models():
+            if default_model_name() in installed_models():
                 model = default_model_name()
             else:
                 model = str(build_lite0_package(work / "lite0"))
-        from wildvision.registry import resolve_model
+        from wildvision.registry import load_model
 
-        card = resolve_model(model).card
+        card = load_model(model).card
         report: dict[str, Any] = {
             "machine": machine(), "loadavg_before": loadavg(),
             "model": {"spec": model, "name": card.name, "arch": card.arch,

@@ -389,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from wildvision.modelpack import load_package
-    from wildvision.registry import DEFAULT_MODEL, builtin_models, resolve_model
+    from wildvision.registry import DEFAULT_MODEL, installed_models, load_model
 
     tmp_ctx = None
     if args.workdir:
@@ -422,10 +422,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # the model
     if args.model:
-        pkg = resolve_model(args.model)
+        pkg = load_model(args.model)
         origin = f"--model {args.model}"
-    elif DEFAULT_MODEL in builtin_models():
-        pkg = resolve_model(DEFAULT_MODEL)
+    elif DEFAULT_MODEL in installed_models():
+        pkg = load_model(DEFAULT_MODEL)
         origin = f"default model {DEFAULT_MODEL}"
     else:
         pkg = load_package(build_lite0_package(work / "lite0"))

@@ -20,7 +20,7 @@ from wildvision.errors import ConfigError, DataError
 from wildvision.modelpack import load_package
 from wildvision.policy import REVIEW, ReviewPolicy, decide
 from wildvision.predict import Classifier
-from wildvision.registry import resolve_model
+from wildvision.registry import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 REF = REPO / "datasets" / "wildvision-ref" / "manifest.csv"
@@ -55,7 +55,7 @@ def test_cli_writes_a_package_that_applies_the_new_thresholds(
     assert rc == 0, text
     assert "1 unreadable" in text and "broken.jpg" in text
     pkg = load_package(out)                      # verifies every file's sha256
-    base = resolve_model("wildvision-base")
+    base = load_model("wildvision-base")
     assert pkg.card.files == base.card.files     # weights unchanged
     policy = pkg.card.extra["policy"]
     assert policy["review_budget"] == 0.05 and policy["budget_met"]
@@ -79,7 +79,7 @@ def test_results_file_gives_the_same_thresholds(small_manifest: Path, tmp_path: 
     results = tmp_path / "r.jsonl"
     paths = [r["path"] for r in csv.DictReader(small_manifest.open())]
     assert main(["classify", *paths, "-o", str(results)]) == 1   # the broken file fails
-    pkg = resolve_model("wildvision-base")
+    pkg = load_model("wildvision-base")
     a = score_manifest(pkg, small_manifest)
     b = scores_from_results(results, small_manifest, pkg)
     assert a.paths == b.paths and len(a.failures) == len(b.failures) == 1

@@ -12,7 +12,7 @@ import pytest
 
 import wildvision
 from wildvision.modelpack import load_package
-from wildvision.registry import builtin_models
+from wildvision.registry import installed_models
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "datasets" / "wildvision-ref" / "manifest.csv"
@@ -25,7 +25,7 @@ def card() -> wildvision.ModelCard:
 
 
 def test_default_model_is_installed_and_verified(card: wildvision.ModelCard) -> None:
-    assert "wildvision-base" in builtin_models()
+    assert "wildvision-base" in installed_models()
     assert card.name == "wildvision-base"
     for name in ("model.onnx", "model.int8.onnx"):
         assert name in card.files

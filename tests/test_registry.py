@@ -17,9 +17,9 @@ from wildvision.errors import ModelIntegrityError, ModelNotInstalledError, Unkno
 from wildvision.modelpack import load_package
 from wildvision.registry import (
     DEFAULT_MODEL,
-    builtin_models,
     default_model_name,
-    resolve_model,
+    installed_models,
+    load_model,
 )
 
 
@@ -34,23 +34,23 @@ def models_path(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_resolve_folder_path_and_package(tiny_model_dir: Path) -> None:
-    by_str = resolve_model(str(tiny_model_dir))
-    by_path = resolve_model(tiny_model_dir)
+    by_str = load_model(str(tiny_model_dir))
+    by_path = load_model(tiny_model_dir)
     assert by_str.card == by_path.card
     assert by_str.card.name == "tiny-test"
-    assert resolve_model(by_path) is by_path
+    assert load_model(by_path) is by_path
 
 
 def test_installed_names(models_path: Path) -> None:
-    installed = builtin_models()
+    installed = installed_models()
     assert installed["tiny-copy"] == models_path / "tiny-copy"
     assert "not-a-model" not in installed
-    assert resolve_model("tiny-copy").path == models_path / "tiny-copy"
+    assert load_model("tiny-copy").path == models_path / "tiny-copy"
 
 
 def test_unknown_model_lists_the_names(models_path: Path) -> None:
     with pytest.raises(UnknownModelError) as info:
-        resolve_model("no-such-model")
+        load_model("no-such-model")
     msg = str(info.value)
     assert "'no-such-model'" in msg and "tiny-copy" in msg and "hf://" in msg
     assert isinstance(info.value, LookupError)
@@ -60,7 +60,7 @@ def test_an_existing_file_is_not_a_package(tmp_path: Path) -> None:
     f = tmp_path / "model.onnx"
     f.write_bytes(b"onnx")
     with pytest.raises(ModelIntegrityError, match=r"package folder with card\.json"):
-        resolve_model(str(f))
+        load_model(str(f))
 
 
 def test_default_model(models_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,12 +68,12 @@ def test_default_model(models_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert default_model_name() == DEFAULT_MODEL == "wildvision-base"
     monkeypatch.setenv("WILDVISION_DEFAULT_MODEL", "no-such-default")
     with pytest.raises(ModelNotInstalledError) as info:
-        resolve_model(None)
+        load_model(None)
     msg = str(info.value)
     assert "'no-such-default' is not installed" in msg and "model=" in msg
     assert "tiny-copy" in msg  # what is installed
     monkeypatch.setenv("WILDVISION_DEFAULT_MODEL", "tiny-copy")
-    assert resolve_model(None).card.name == "tiny-test"
+    assert load_model(None).card.name == "tiny-test"
 
 
 def _hf_cache(root: Path, repo: str, package: Path, commit: str) -> None:
@@ -105,14 +105,14 @@ def test_hub_model_from_the_offline_cache(tiny_model_dir: Path, tmp_path: Path) 
         f"""
         import sys
         from wildvision.errors import UnknownModelError
-        from wildvision.registry import resolve_model
-        pkg = resolve_model("hf://wildvision-test/tiny")
+        from wildvision.registry import load_model
+        pkg = load_model("hf://wildvision-test/tiny")
         assert pkg.card.name == "tiny-test", pkg.card
         assert pkg.path.name == {commit!r}, pkg.path
-        pinned = resolve_model("hf://wildvision-test/tiny@{commit}")
+        pinned = load_model("hf://wildvision-test/tiny@{commit}")
         assert pinned.path == pkg.path
         try:
-            resolve_model("hf://nobody/not-cached")
+            load_model("hf://nobody/not-cached")
         except UnknownModelError as e:
             print("UNKNOWN:", e)
         else:

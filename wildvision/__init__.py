@@ -40,7 +40,7 @@ from .predict import classify_image as classify_image
 from .predict import classify_images as classify_images
 from .predict import iter_classify as iter_classify
 from .preprocess import PreprocessConfig as PreprocessConfig
-from .registry import resolve_model as load_model
+from .registry import load_model as load_model
 
 __all__ = [
     "Classifier",

@@ -200,9 +200,9 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 def _cmd_models_list(args: argparse.Namespace) -> int:
     from .modelpack import load_package
-    from .registry import builtin_models, default_model_name
+    from .registry import default_model_name, installed_models
 
-    models = builtin_models()
+    models = installed_models()
     if not models:
         print("no models installed", file=sys.stderr)
         return 0
@@ -218,9 +218,9 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_show(args: argparse.Namespace) -> int:
-    from .registry import resolve_model
+    from .registry import load_model
 
-    pkg = resolve_model(args.name)
+    pkg = load_model(args.name)
     if args.json:
         print(json.dumps(pkg.card.to_dict(), indent=2))
     else:

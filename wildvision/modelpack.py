@@ -21,7 +21,7 @@ from .preprocess import PreprocessConfig
 from .taxonomy import FLAGGABLE_GROUPS, GROUP_NAMES, ensure_labels
 
 if TYPE_CHECKING:
-    from .openset import Familiarity
+    from .openset import OpenSetGate
 
 __all__ = [
     "CARD_FORMAT",
@@ -246,10 +246,15 @@ class ModelPackage:
             return self.file("model.int8.onnx")
         raise ConfigError(f"precision must be 'fp32' or 'int8', got {precision!r}")
 
-    def familiarity(self) -> Familiarity | None:
-        """The open-set gate (:mod:`wildvision.openset`) when the package has one; groups
-        whose card threshold is ``-1`` are not gated (``None`` when none is)."""
-        from .openset import FAMILIARITY_FILE, load_familiarity
+    def familiarity(self) -> OpenSetGate | None:
+        """Old name of :meth:`open_set_gate`."""
+        return self.open_set_gate()
+
+    def open_set_gate(self) -> OpenSetGate | None:
+        """The open-set gate (:mod:`wildvision.openset`) when the package has one: the card's
+        ``familiarity`` record and ``familiarity.npz``; groups whose card threshold is ``-1``
+        are not gated (``None`` when none is)."""
+        from .openset import FAMILIARITY_FILE, load_gate
 
         rec = self.card.extra.get("familiarity")
         if not isinstance(rec, dict) or FAMILIARITY_FILE not in self.card.files:
@@ -263,7 +268,7 @@ class ModelPackage:
         thresholds = {g: t for g, t in thresholds.items() if t > -1.0}
         if not thresholds:
             return None
-        return load_familiarity(self.file(FAMILIARITY_FILE), thresholds)
+        return load_gate(self.file(FAMILIARITY_FILE), thresholds)
 
     @property
     def precisions(self) -> tuple[str, ...]:

@@ -1,4 +1,5 @@
-"""Familiarity: is a photo like anything the model was trained on? (open-set gate, numpy only)
+"""The open-set gate: is a photo like anything the model was trained on? Its score is the
+photo's ``familiarity`` (numpy only).
 
 A classifier trained on a closed set of labels must put every photo somewhere; a photo unlike
 all training photos (a watch, a statue, a screenshot when no such thing was in training) can
@@ -38,7 +39,15 @@ from numpy.typing import NDArray
 from .errors import ConfigError, ModelIntegrityError
 from .scores import unit_rows
 
-__all__ = ["FAMILIARITY_FILE", "Familiarity", "build_familiarity", "load_familiarity"]
+__all__ = [
+    "FAMILIARITY_FILE",
+    "Familiarity",
+    "OpenSetGate",
+    "build_familiarity",
+    "build_gate",
+    "load_familiarity",
+    "load_gate",
+]
 
 FAMILIARITY_FILE = "familiarity.npz"
 
@@ -65,7 +74,7 @@ def _one_blas_thread() -> AbstractContextManager[Any]:
 
 
 @dataclass(frozen=True)
-class Familiarity:
+class OpenSetGate:
     """The reference set and the threshold of the open-set gate."""
 
     projection: NDArray[np.float32]   # (d, D)
@@ -110,7 +119,7 @@ class Familiarity:
                      references=self.references.astype(np.float16))
 
 
-def load_familiarity(path: str | Path, thresholds: Mapping[str, float]) -> Familiarity:
+def load_gate(path: str | Path, thresholds: Mapping[str, float]) -> OpenSetGate:
     """Read ``familiarity.npz`` (plain arrays only: loaded with ``allow_pickle=False``)."""
     try:
         with np.load(path, allow_pickle=False) as d:
@@ -121,12 +130,12 @@ def load_familiarity(path: str | Path, thresholds: Mapping[str, float]) -> Famil
     if proj.ndim != 2 or refs.ndim != 2 or refs.shape[1] != proj.shape[0] or not len(refs):
         raise ModelIntegrityError(f"{path}: projection {proj.shape} and references "
                                   f"{refs.shape} do not fit together")
-    return Familiarity(proj, refs, dict(thresholds))
+    return OpenSetGate(proj, refs, dict(thresholds))
 
 
-def build_familiarity(train_embeddings: NDArray[np.floating],
-                      positives: Mapping[str, NDArray[np.floating]], *, dims: int = 256,
-                      quantile: float = 0.01) -> tuple[Familiarity, dict[str, object]]:
+def build_gate(train_embeddings: NDArray[np.floating],
+               positives: Mapping[str, NDArray[np.floating]], *, dims: int = 256,
+               quantile: float = 0.01) -> tuple[OpenSetGate, dict[str, object]]:
     """Build the gate from the training images' embeddings and, per flaggable group, the
     embeddings of the validation images the model correctly flags in it (``positives``; a
     group without any is not gated).
@@ -146,10 +155,17 @@ def build_familiarity(train_embeddings: NDArray[np.floating],
     _u, _s, vt = np.linalg.svd(x, full_matrices=False)
     proj = np.ascontiguousarray(vt[:d], dtype=np.float32)
     refs = unit_rows(x @ proj.T).astype(np.float16)
-    gate = Familiarity(proj, refs, {})
+    gate = OpenSetGate(proj, refs, {})
     thresholds = {g: round(float(np.quantile(gate.score(v), quantile)), 6)
                   for g, v in positives.items() if len(v)}
     record: dict[str, object] = {
         "thresholds": thresholds, "quantile": quantile, "dims": d, "references": len(refs),
         "validation_positives": {g: len(v) for g, v in positives.items()}}
-    return Familiarity(proj, refs, thresholds), record
+    return OpenSetGate(proj, refs, thresholds), record
+
+
+# The names these had before the concept got one name (the open-set gate; ``familiarity`` is
+# its score): kept so that existing code keeps working.
+Familiarity = OpenSetGate
+load_familiarity = load_gate
+build_familiarity = build_gate

@@ -30,7 +30,7 @@ from .matching import KnownImageIndex, Match
 from .modelpack import ModelPackage, Thresholds
 from .options import ClassifierOptions
 from .preprocess import preprocess_image, resize_crop
-from .registry import default_model_name, resolve_model
+from .registry import default_model_name, load_model
 from .runtime import Backend, create_backend
 from .scores import group_matrix, softmax
 from .taxonomy import FLAGGABLE_GROUPS
@@ -349,7 +349,7 @@ class Classifier:
     ) -> None:
         opts = ClassifierOptions.build(options, **changes)
         self.options = opts
-        self.package = resolve_model(model)
+        self.package = load_model(model)
         self.card = self.package.card
         runs, run_threads = _inference_layout(opts.threads, opts.backend)
         self.backend: Backend = create_backend(
@@ -361,7 +361,7 @@ class Classifier:
         self.max_pixels = opts.max_pixels
         self.max_bytes = opts.max_bytes
         self.return_embedding = opts.return_embedding
-        self.familiarity = self.package.familiarity() if opts.open_set else None
+        self.gate = self.package.open_set_gate() if opts.open_set else None
         self.decode_workers = opts.decode_workers or max(1, min(4, (os.cpu_count() or 2)))
         match_index = opts.match_index
         if match_index is not None:
@@ -381,6 +381,11 @@ class Classifier:
             self._explainer()  # fail now, not on the first image, when the model cannot explain
         self._runs = runs
         self._lock = threading.BoundedSemaphore(runs)  # at most `runs` model runs at once
+
+    @property
+    def familiarity(self) -> Any:
+        """Old name of :attr:`gate` (the open-set gate in use, or ``None``)."""
+        return self.gate
 
     # -- single steps -------------------------------------------------------------------
     def _prepare(self, index: int, source: ImageSource, out: np.ndarray | None = None
@@ -512,8 +517,8 @@ class Classifier:
             prob = float(gprobs[gi])
             th = self.thresholds[g]
             decision = th.decide(prob) if g in FLAGGABLE_GROUPS else "pass"
-            if (decision == "flag" and familiarity is not None and self.familiarity is not None
-                    and self.familiarity.below(familiarity, g)):
+            if (decision == "flag" and familiarity is not None and self.gate is not None
+                    and self.gate.below(familiarity, g)):
                 decision = "review"
                 unfamiliar = True
             if DECISIONS.index(decision) < DECISIONS.index(overall):
@@ -572,8 +577,8 @@ class Classifier:
                     results[p.index] = self._failure(p)
             else:
                 emb = out.get("embedding") if self.return_embedding else None
-                fam = (self.familiarity.score(out["embedding"])
-                       if self.familiarity is not None and "embedding" in out else None)
+                fam = (self.gate.score(out["embedding"])
+                       if self.gate is not None and "embedding" in out else None)
                 exps: list[Explanation | None] = [None] * len(ok)
                 if self.explain_top:
                     exps = self._explanations(out, ok, [

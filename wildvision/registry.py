@@ -8,6 +8,7 @@ built-in model. Nothing is registered by import side effects.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from .errors import (
@@ -23,6 +24,8 @@ __all__ = [
     "DEFAULT_MODEL",
     "builtin_models",
     "default_model_name",
+    "installed_models",
+    "load_model",
     "resolve_model",
 ]
 
@@ -38,8 +41,10 @@ def _model_dirs() -> list[Path]:
     return dirs
 
 
-def builtin_models() -> dict[str, Path]:
-    """Names of installed model packages -> their folders (built-in first)."""
+def installed_models() -> dict[str, Path]:
+    """Names of the installed model packages -> their folders: those shipped inside
+    wildvision first, then those in the folders of ``$WILDVISION_MODELS_PATH`` (a name
+    found twice keeps its first folder)."""
     found: dict[str, Path] = {}
     for d in _model_dirs():
         if not d.is_dir():
@@ -87,8 +92,9 @@ def _from_hub(spec: str) -> ModelPackage:
     return load_package(local)
 
 
-def resolve_model(spec: str | os.PathLike[str] | ModelPackage | None = None) -> ModelPackage:
-    """Turn a model name, folder, hub id or package into a verified :class:`ModelPackage`.
+def load_model(spec: str | os.PathLike[str] | ModelPackage | None = None) -> ModelPackage:
+    """Turn a model name, folder, hub id or package into a verified :class:`ModelPackage`
+    (``wildvision.load_model``).
 
     Args:
         spec: ``None`` (the default model), a built-in name (``wildvision models list``), a
@@ -101,7 +107,7 @@ def resolve_model(spec: str | os.PathLike[str] | ModelPackage | None = None) -> 
     """
     if isinstance(spec, ModelPackage):
         return spec
-    installed = builtin_models()
+    installed = installed_models()
     if spec is None:
         name = default_model_name()
         if name not in installed:
@@ -125,3 +131,18 @@ def resolve_model(spec: str | os.PathLike[str] | ModelPackage | None = None) -> 
         f"unknown model {text!r}; installed models: {', '.join(sorted(installed)) or 'none'}; "
         "or pass a package folder, or hf://org/name for a Hugging Face Hub repository"
     )
+
+
+def resolve_model(spec: str | os.PathLike[str] | ModelPackage | None = None) -> ModelPackage:
+    """Deprecated name of :func:`load_model`."""
+    warnings.warn("wildvision.registry.resolve_model is deprecated; use load_model",
+                  DeprecationWarning, stacklevel=2)
+    return load_model(spec)
+
+
+def builtin_models() -> dict[str, Path]:
+    """Deprecated name of :func:`installed_models` (it always listed the
+    ``$WILDVISION_MODELS_PATH`` packages too)."""
+    warnings.warn("wildvision.registry.builtin_models is deprecated; use installed_models",
+                  DeprecationWarning, stacklevel=2)
+    return installed_models()

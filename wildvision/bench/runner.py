@@ -252,7 +252,7 @@ def predict_to_file(
         for key, (spec, clf) in zip(keys, classifiers, strict=True):
             w.write(_model_info(key, clf, {
                 "spec": str(spec), "backend": opts.backend, "precision": opts.precision,
-                "open_set": clf.familiarity is not None,
+                "open_set": clf.gate is not None,
                 "open_set_thresholds": (dict(clf.familiarity.thresholds)
                                         if clf.familiarity is not None else None),
                 "batch_size": batch_size, "threads": threads,

@@ -295,7 +295,7 @@ def calibrate_package(
     Raises:
         ConfigError: ``out`` exists, or the scores do not fit the model.
     """
-    from ..registry import resolve_model as load_model
+    from ..registry import load_model
 
     package = model if isinstance(model, ModelPackage) else load_model(model)
     if tuple(package.card.groups) != scores.groups:

@@ -63,14 +63,14 @@ def _pct(v: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..errors import WildvisionError
     from ..policy import ReviewPolicy
-    from ..registry import resolve_model
+    from ..registry import load_model
     from . import calibrate_package, score_manifest, scores_from_results
 
     try:
         policy = ReviewPolicy(review_budget=args.review_budget,
                               flag_precision=args.flag_precision,
                               min_positives=args.min_positives, min_flag=args.min_flag)
-        package = resolve_model(args.model)
+        package = load_model(args.model)
         if args.results:
             scores = scores_from_results(args.results, args.data, package, split=args.split,
                                          data_root=args.data_root)

@@ -29,7 +29,7 @@ from typing import Any
 from ..errors import ConfigError, MissingExtraError, ModelIntegrityError
 from ..head import package_head
 from ..modelpack import ModelPackage
-from ..registry import resolve_model
+from ..registry import load_model
 
 __all__ = ["TensorSpec", "export_triton", "onnx_io", "render_config"]
 
@@ -185,7 +185,7 @@ def export_triton(
         raise ConfigError(f"max_batch_size must be >= 1, got {max_batch_size}")
     if instance_count < 1:
         raise ConfigError(f"instance_count must be >= 1, got {instance_count}")
-    package = resolve_model(model_spec)
+    package = load_model(model_spec)
     card = package.card
     if package_head(package) is not None:
         raise ConfigError(

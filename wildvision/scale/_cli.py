@@ -98,9 +98,9 @@ def run_classify(args: argparse.Namespace) -> int:
 
     results = classify_dataset(path_ds, model=args.model, options=options,
                                concurrency=concurrency, num_cpus=float(threads))
-    from ..registry import resolve_model
+    from ..registry import load_model
 
-    schema = result_schema(resolve_model(args.model).card.groups)
+    schema = result_schema(load_model(args.model).card.groups)
     show = args.progress if args.progress is not None else sys.stderr.isatty()
     progress = Progress(None, show)
     total = failed = 0

@@ -21,7 +21,7 @@ from ..imaging import IMAGE_EXTENSIONS, collect_inputs
 from ..modelpack import ModelCard, ModelPackage
 from ..options import ClassifierOptions
 from ..predict import Classifier, Result
-from ..registry import resolve_model
+from ..registry import load_model
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -308,7 +308,7 @@ def classify_dataset(
     opts = opts.replace(threads=opts.threads or max(1, int(num_cpus)),
                         decode_workers=opts.decode_workers or 1)
     batch_size = opts.batch_size
-    package = resolve_model(model)
+    package = load_model(model)
     shipped = _ship_package(package, opts.backend, opts.precision)
     # Fail on bad options here, on the driver, rather than in every actor.
     Classifier(package, opts)

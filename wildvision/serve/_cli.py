@@ -115,13 +115,13 @@ def run_serve(args: argparse.Namespace) -> int:
     if not any(importlib.util.find_spec(m) for m in ("python_multipart", "multipart")):
         raise MissingExtraError("fastapi, uvicorn and python-multipart", "serve",
                                 "wildvision serve")
-    from ..registry import resolve_model
+    from ..registry import load_model
     from ._app import configure_logging, create_app
     from ._config import CONFIG_ENV
 
     cfg = build_config(args)
     cfg.all_api_keys()  # fail now on a bad key file, not in every worker
-    resolve_model(cfg.model)  # fail now on an unknown or corrupt model (exit 1)
+    load_model(cfg.model)  # fail now on an unknown or corrupt model (exit 1)
     configure_logging()
     if not cfg.api_key_file and not _is_loopback(args.host):
         print(f"wildvision serve: warning: listening on {args.host} without --api-key-file; "

@@ -209,7 +209,7 @@ def _finish(model: WildvisionNet, data: TrainData, recipe: Recipe, cfg: Preproce
 def _add_open_set(pkg: Path, manifest: str | os.PathLike[str],
                   data_root: str | os.PathLike[str] | None, recipe: Recipe, show: bool
                   ) -> ModelCard | None:
-    """The familiarity gate from the package's own ONNX model (``recipe.open_set``)."""
+    """The open-set gate from the package's own ONNX model (``recipe.open_set``)."""
     from ..export.familiarity import add_familiarity
 
     t0 = time.perf_counter()

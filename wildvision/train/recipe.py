@@ -165,7 +165,7 @@ class HeadOnlyConfig:
 
 @dataclass(frozen=True)
 class OpenSetConfig:
-    """The familiarity gate (:mod:`wildvision.openset`) added to the package after training:
+    """The open-set gate (:mod:`wildvision.openset`) added to the package after training:
     a flag on a photo unlike every training photo becomes ``review``.
 
     Attributes:
