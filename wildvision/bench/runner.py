@@ -253,8 +253,8 @@ def predict_to_file(
             w.write(_model_info(key, clf, {
                 "spec": str(spec), "backend": opts.backend, "precision": opts.precision,
                 "open_set": clf.gate is not None,
-                "open_set_thresholds": (dict(clf.familiarity.thresholds)
-                                        if clf.familiarity is not None else None),
+                "open_set_thresholds": (dict(clf.gate.thresholds)
+                                        if clf.gate is not None else None),
                 "batch_size": batch_size, "threads": threads,
                 "decode_workers": clf.decode_workers,
             }))

@@ -51,7 +51,7 @@ from ..head import HEAD_FILE, LinearHead
 from ..modelcard_md import write_card
 from ..modelpack import ModelCard, ModelPackage, Thresholds, load_package, sha256_file
 from ..openset import FAMILIARITY_FILE, Familiarity, load_familiarity
-from ..registry import resolve_model
+from ..registry import load_model
 from ..scores import group_matrix, softmax, unit_rows
 from ..taxonomy import FLAGGABLE_GROUPS, GROUP_NAMES
 from .data import NewData, read_new_data, resolve_groups
@@ -255,7 +255,7 @@ def extend_model(
     out_path = Path(out) if out is not None else None
     if out_path is not None:
         _check_out(out_path)
-    pkg = resolve_model(base)
+    pkg = load_model(base)
     card = pkg.card
     bank = package_bank(pkg)
     if bank is None:
