@@ -39,6 +39,7 @@ _PLUGINS = {
     "calibrate": "wildvision.calibrate._cli",
     "match": "wildvision.match._cli",
     "extend": "wildvision.extend._cli",
+    "review": "wildvision.review._cli",
 }
 CSV_FIELDS = (
     "source", "ok", "decision", "flagged_groups", "top_group", "top_label",

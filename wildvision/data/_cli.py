@@ -96,7 +96,36 @@ def register(subparsers: Any) -> None:
                    help="do not write: exit 1 if --out differs from what would be generated")
     k.set_defaults(func=_run_card)
 
+    fr = dsub.add_parser(
+        "from-reviews", help="turn review-page decisions into a manifest for train/extend",
+        description="Read decisions exported by the `wildvision review` page (CSV or JSONL), "
+                    "check each image still has the reviewed sha256, and write one manifest "
+                    "row per image with the reviewer's label (split left empty). Decisions "
+                    "that cannot be used are listed, never dropped silently.")
+    fr.add_argument("decisions", help="decisions file exported by the review page")
+    fr.add_argument("-o", "--out", required=True, help="manifest CSV to write")
+    fr.add_argument("--source", default="reviews", help="manifest source of the rows "
+                                                         "(default: reviews)")
+    fr.add_argument("--root", default=None,
+                    help="folder the decisions' relative paths are in (default: current "
+                         "folder)")
+    fr.add_argument("--reject-label", default=None, metavar="LABEL",
+                    help="label for rejected photos the model had no benign label for, e.g. "
+                         "everyday_object (default: leave them out, listed)")
+    fr.add_argument("--strict", action="store_true",
+                    help="exit 1 if any decision was left out")
+    fr.set_defaults(func=_run_from_reviews)
+
     d.set_defaults(func=lambda args: _no_action(d))
+
+
+def _run_from_reviews(args: argparse.Namespace) -> int:
+    from .reviews import manifest_from_reviews
+
+    res = manifest_from_reviews(args.decisions, args.out, source=args.source,
+                                default_reject_label=args.reject_label, image_root=args.root)
+    print(f"{res.summary()}\n-> {args.out}", file=sys.stderr)
+    return 1 if (args.strict and res.skipped) else 0
 
 
 def _no_action(parser: argparse.ArgumentParser) -> int:
