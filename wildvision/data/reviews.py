@@ -237,7 +237,11 @@ def manifest_from_reviews(
         except ValueError:  # another drive (Windows)
             rel = str(file)
         rel = Path(rel).as_posix()
-        row = index_file(out_dir, IndexEntry(rel, source, label))
+        # Read from the file's own folder: the manifest's folder may not exist yet.
+        row = index_file(file.parent, IndexEntry(file.name, source, label))
+        if row.error and not row.sha256:
+            skip(f"unreadable image ({row.error})", d)
+            continue
         if row.sha256 != d.image_sha256:
             skip("file changed since it was reviewed (sha256 differs)", d)
             continue
@@ -245,7 +249,7 @@ def manifest_from_reviews(
             skip(f"unreadable image ({row.error})", d)
             continue
         result.rows.append(row.with_(
-            fine_label=label, group=group,
+            path=rel, fine_label=label, group=group,
             extra={"reviewed_model": d.model, "reviewed_model_version": d.model_version,
                    "original_decision": d.original_decision, "review_action": d.action,
                    "reviewer": d.reviewer, "reviewed_at": d.reviewed_at},

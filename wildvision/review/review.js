@@ -12,12 +12,13 @@
   var $ = function (id) { return document.getElementById(id); };
 
   // -- state, kept in localStorage -----------------------------------------------------------
-  var state = { decisions: {}, reviewer: "", heatmaps: DATA.has_heatmaps };
+  var state = { decisions: {}, reviewer: "", heatmaps: DATA.has_heatmaps, seq: 0 };
   try {
     var saved = JSON.parse(window.localStorage.getItem(KEY) || "null");
     if (saved && typeof saved === "object") {
       state.decisions = saved.decisions || {};
       state.reviewer = saved.reviewer || "";
+      state.seq = saved.seq || 0;
       if (typeof saved.heatmaps === "boolean") state.heatmaps = saved.heatmaps && DATA.has_heatmaps;
     }
   } catch (e) { /* storage unavailable: decisions live until the page closes */ }
@@ -67,7 +68,8 @@
     }
     card.appendChild(wrap);
     var meta = el("div", "meta");
-    meta.appendChild(el("div", "name", it.name)).title = it.name;
+    // The file name in view, the whole source path on hover (both as text).
+    meta.appendChild(el("div", "name", it.name.split(/[\\/]/).pop())).title = it.name;
     var line = el("div", "line");
     line.appendChild(el("span", "badge decision-" + it.decision, it.decision));
     line.appendChild(el("span", "grp", it.group ? it.group + " " + pct(it.probability) : ""));
@@ -184,7 +186,8 @@
         action: action,
         reviewer_label: label || "",
         reviewer_group: label ? (LABEL_GROUP[label] || "") : (action === "reject" ? "benign" : ""),
-        reviewed_at: new Date().toISOString()
+        reviewed_at: new Date().toISOString(),
+        seq: ++state.seq
       };
     }
     save();
@@ -238,11 +241,13 @@
   });
 
   // -- export ----------------------------------------------------------------------------------
-  function rows() {
+  function rows() {  // in decision order: a later decision on the same image wins
+    var done = [];
+    for (var j = 0; j < ITEMS.length; j++) if (decisionOf(j)) done.push(j);
+    done.sort(function (a, b) { return (decisionOf(a).seq || 0) - (decisionOf(b).seq || 0) || a - b; });
     var out = [];
-    for (var i = 0; i < ITEMS.length; i++) {
+    done.forEach(function (i) {
       var d = decisionOf(i);
-      if (!d) continue;
       var it = ITEMS[i];
       out.push({
         image_sha256: it.sha256, source: it.name, path: it.path, model: it.model,
@@ -251,7 +256,7 @@
         action: d.action, reviewer_label: d.reviewer_label, reviewer_group: d.reviewer_group,
         reviewer: state.reviewer, reviewed_at: d.reviewed_at, results_sha256: DATA.results_sha256
       });
-    }
+    });
     return out;
   }
   function csvCell(v) {
