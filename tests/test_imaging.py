@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from wildvision.errors import (
     ImageTooLargeError,
@@ -322,3 +322,147 @@ def test_no_process_wide_pillow_settings_change(image_zoo: dict[str, ZooItem]) -
                          timeout=120, env={**os.environ, "PYTHONPATH": ""})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+# -- hostile files: bounded work before decoding --------------------------------------------
+
+
+def test_jpeg_with_many_scans_is_refused_before_decoding() -> None:
+    """A small progressive JPEG repeating a tiny scan hundreds of times (each scan is a pass
+    over the whole image) is refused on its markers, like the pixel limit."""
+    from make_crafted import many_scans_jpeg
+
+    with pytest.raises(ImageTooLargeError, match="scans"):
+        load_image(many_scans_jpeg(side=1024, extra_scans=200), draft_size=(256, 256))
+
+
+def test_jpeg_scan_count_of_real_encodings() -> None:
+    from wildvision.imaging import DEFAULT_MAX_JPEG_SCANS, _jpeg_structure
+
+    photo = photo_like(300, 200, seed=4)
+    baseline = encode(photo, "JPEG", quality=90)
+    progressive = encode(photo, "JPEG", quality=90, progressive=True)
+    assert _jpeg_structure(baseline, DEFAULT_MAX_JPEG_SCANS)[0] == 1
+    assert _jpeg_structure(progressive, DEFAULT_MAX_JPEG_SCANS)[0] == 10  # libjpeg's script
+    # Restart markers and stuffed 0xFF bytes inside the entropy data are not scans, and an
+    # EXIF thumbnail (a JPEG inside APP1) is skipped with its segment.
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    with_rst = encode(photo, "JPEG", quality=100, progressive=True, restart_marker_blocks=1,
+                      exif=exif)
+    assert b"\xff\xd0" in with_rst
+    assert _jpeg_structure(with_rst, DEFAULT_MAX_JPEG_SCANS)[0] == 10
+    assert load_image(with_rst).size == (300, 200)
+
+
+def test_tiff_with_many_strips_is_refused_before_decoding() -> None:
+    from make_crafted import many_strips_tiff
+
+    with pytest.raises(ImageTooLargeError, match="strips"):
+        load_image(many_strips_tiff(strips=300_000))
+    assert load_image(many_strips_tiff(strips=500)).size == (8, 500)  # a normal strip count
+
+
+def test_multipage_tiff_gives_its_first_page() -> None:
+    from make_crafted import many_pages_tiff
+
+    img = load_image(many_pages_tiff(pages=50))
+    assert img.size == (8, 8)
+    np.testing.assert_array_equal(np.asarray(img)[:, :, 0], np.arange(64).reshape(8, 8))
+
+
+def _reference_high_depth(arr: np.ndarray, mode: str) -> np.ndarray:
+    """The documented 8-bit conversion, in whole-image float64 (the former implementation)."""
+    a = arr.astype(np.float64)
+    if mode == "F":
+        scale = 255.0 if a.max(initial=0) <= 1.0 else 1.0
+        return np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
+    if mode == "I" and a.max(initial=0) <= 255 and a.min(initial=0) >= 0:
+        return a.astype(np.uint8)
+    return np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "I8", "F", "F255"])
+def test_high_depth_conversion_is_exact_band_by_band(
+        mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import wildvision.imaging as imaging
+
+    monkeypatch.setattr(imaging, "_BAND_PIXELS", 97 * 5)  # several bands, a partial last one
+    rng = np.random.default_rng(3)
+    arr: np.ndarray
+    if mode == "I;16":
+        arr = rng.integers(0, 65536, (61, 97)).astype(np.uint16)
+    elif mode == "I":
+        arr = rng.integers(-70000, 140000, (61, 97)).astype(np.int32)
+    elif mode == "I8":
+        arr = rng.integers(0, 256, (61, 97)).astype(np.int32)
+    elif mode == "F":
+        arr = rng.random((61, 97)).astype(np.float32)
+    else:
+        arr = (rng.random((61, 97)) * 300 - 20).astype(np.float32)
+    pil_mode = {"I8": "I", "F255": "F"}.get(mode, mode)
+    img = Image.fromarray(arr, pil_mode) if pil_mode != "I;16" else Image.fromarray(arr)
+    assert img.mode == pil_mode
+    got = np.asarray(load_image(img))
+    expected = _reference_high_depth(arr, pil_mode)
+    np.testing.assert_array_equal(got, np.stack([expected] * 3, axis=-1))
+
+
+def test_high_depth_draft_reduces_and_keeps_orientation(tmp_path: Path) -> None:
+    """With a draft size a 16-bit image is shrunk (box filter) like a drafted JPEG, after its
+    8-bit conversion; its EXIF orientation still applies."""
+    arr = np.zeros((400, 800), np.uint16)
+    arr[:, 400:] = 65535  # left half black, right half white
+    path = tmp_path / "rot16.png"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(arr).save(path, exif=exif)
+    assert Image.open(path).mode == "I;16"
+    full = load_image(path)
+    drafted = decode_image(path, draft_size=(100, 100))
+    assert full.size == (400, 800)
+    assert drafted.image.size == (100, 200)  # factor 4 = min(800 // 100, 400 // 100)
+    assert drafted.original_size == (800, 400)
+    top, bottom = np.asarray(drafted.image)[:90], np.asarray(drafted.image)[110:]
+    assert (top == 0).all() and (bottom == 255).all()  # the right half is now the bottom
+    assert (np.asarray(full)[:390] == 0).all() and (np.asarray(full)[410:] == 255).all()
+
+
+def test_decoding_in_threads_leaves_the_warning_filters_alone() -> None:
+    """Silencing Pillow's DecompressionBombWarning with warnings.catch_warnings in decode
+    threads raced on the process-wide filter list and left an 'ignore' filter installed
+    for the caller's own code. Nothing in decoding may change warnings.filters."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    # 10000 x 10000: above Pillow's warning threshold, refused by wildvision's pixel limit.
+    bomb = png_header_only(10_000, 10_000)
+    # Text chunks make Pillow's open() slow enough for threads to interleave inside it.
+    info = PngImagePlugin.PngInfo()
+    for i in range(300):
+        info.add_text(f"k{i}", "v" * 50)
+    small = encode(photo_like(40, 30, seed=1), "PNG", pnginfo=info)
+    before = list(warnings.filters)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+
+    def work(i: int) -> str:
+        try:
+            load_image(bomb if i % 2 else small)
+        except ImageTooLargeError:
+            return "refused"
+        return "ok"
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            inside = list(warnings.filters)
+            for _ in range(5):
+                with ThreadPoolExecutor(8) as pool:
+                    results = list(pool.map(work, range(100)))
+                assert results.count("refused") == 50
+                assert warnings.filters == inside
+    finally:
+        sys.setswitchinterval(interval)
+    assert warnings.filters == before
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]

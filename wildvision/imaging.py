@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import warnings
+import re
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +19,26 @@ from struct import error as struct_error  # raised by some Pillow plugins on gar
 from typing import IO, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import (  # the plugins of SUPPORTED_FORMATS, registered in this order
+    BmpImagePlugin,  # noqa: F401
+    GifImagePlugin,  # noqa: F401
+    Image,
+    ImageOps,
+    JpegImagePlugin,  # noqa: F401
+    MpoImagePlugin,  # noqa: F401
+    PngImagePlugin,  # noqa: F401
+    TiffImagePlugin,  # noqa: F401
+    UnidentifiedImageError,
+    WebPImagePlugin,  # noqa: F401
+)
 
 from .errors import ImageTooLargeError, InvalidImageError, UnsupportedFormatError
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_JPEG_SCANS",
     "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MAX_TIFF_BLOCKS",
     "IMAGE_EXTENSIONS",
     "SUPPORTED_FORMATS",
     "DecodedImage",
@@ -40,6 +54,17 @@ ImageSource = Union[str, os.PathLike[str], bytes, bytearray, memoryview, IO[byte
 
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+# Decoding a progressive JPEG costs one pass over the whole image per scan (SOS marker), so a
+# small file of thousands of tiny scans keeps a decoder busy for minutes. Encoders write about
+# 10 scans (libjpeg's default progressive script), a few hundred at the most thorough
+# settings; more is refused before decoding.
+DEFAULT_MAX_JPEG_SCANS = 100
+# Marker segments (APPn, DQT, DHT, SOS ...) read before giving up on a JPEG: real files have a
+# few dozen (a large ICC profile split into 64 KB chunks: some hundreds).
+_MAX_JPEG_SEGMENTS = 10_000
+# TIFF strips or tiles of the first page: Pillow handles each one separately (14 s for two
+# million). One strip per row of a 40-megapixel image with four planes stays under this.
+DEFAULT_MAX_TIFF_BLOCKS = 200_000
 # Formats a seller's upload can reasonably be in. Anything else Pillow happens to read
 # (ICO, PSD, EPS via ghostscript ...) is refused rather than guessed at.
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF"})
@@ -47,6 +72,8 @@ SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".mpo"}
 )
+# Pillow's registration order of the supported formats (JPEG's factory also returns MPO).
+_OPEN_ORDER = tuple(f for f in Image.ID if f in SUPPORTED_FORMATS)
 # What Pillow's decoders raise on corrupt data (plugins are not consistent about it). Anything
 # else (MemoryError, KeyboardInterrupt ...) is not a property of the file and propagates.
 _DECODER_ERRORS = (
@@ -137,6 +164,43 @@ def _read_source_bytes(source: object, name: str, max_bytes: int) -> bytes:
     return data
 
 
+_HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+# Rows of a high-bit-depth image converted at a time: the numpy temporaries stay a few MB
+# whatever the image size (a whole 40-megapixel float64 copy is 320 MB, and there were four).
+_BAND_PIXELS = 1 << 20
+
+
+def _high_depth_to_l(img: Image.Image) -> Image.Image:
+    """16/32-bit integer and float images to 8-bit greyscale, band by band.
+
+    I;16 (and I with values outside 0..255) is rescaled from the 16-bit range, F from 0..1 when
+    its values are within that range (else taken as 0..255): Pillow's own conversion clips at
+    255, turning a 16-bit photo white. Same results as whole-image float64 arithmetic.
+    """
+    extrema = img.getextrema()  # in C, no copy; one (min, max) pair for one band
+    lo, hi = (float(v) for v in extrema[:2])  # type: ignore[arg-type]
+    mode = img.mode
+    w, h = img.size
+    out = np.empty((h, w), np.uint8)
+    rows = max(1, _BAND_PIXELS // max(w, 1))
+    as_is = mode == "I" and lo >= 0 and hi <= 255
+    scale = 255.0 if mode == "F" and hi <= 1.0 else 1.0
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        band = np.asarray(img.crop((0, y0, w, y1)))
+        if mode == "F":
+            with np.errstate(invalid="ignore"):
+                vals = np.rint(band.astype(np.float64) * scale)
+                vals = np.nan_to_num(vals, nan=0.0)
+                out[y0:y1] = np.clip(vals, 0, 255)
+        elif as_is:
+            out[y0:y1] = band
+        else:
+            # rint(x / 257) for integers, without floats: (x + 128) // 257.
+            out[y0:y1] = np.clip((band.astype(np.int64) + 128) // 257, 0, 255)
+    return Image.fromarray(out, "L")
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode we accept to RGB. Transparent pixels are composited on white."""
     mode = img.mode
@@ -149,23 +213,128 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # Pillow's own I->RGB conversion clips at 255 (a 16-bit photo turns white);
-        # rescale the 16-bit range instead.
-        arr = np.asarray(img, dtype=np.float64)
-        if mode == "I" and arr.max(initial=0) <= 255 and arr.min(initial=0) >= 0:
-            arr8 = arr.astype(np.uint8)
-        else:
-            arr8 = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(np.stack([arr8] * 3, axis=-1), "RGB")
-    if mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
-        arr8 = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
-        return Image.fromarray(np.stack([arr8] * 3, axis=-1), "RGB")
+    if mode in _HIGH_DEPTH_MODES:
+        return _high_depth_to_l(img).convert("RGB")
     if mode in ("L", "1", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
         return img.convert("RGB")
     raise UnsupportedFormatError(f"unsupported image mode {mode!r}")
+
+
+def _jpeg_structure(data: bytes, max_scans: int) -> tuple[int, int]:
+    """(scans, marker segments) of the first image of a JPEG stream, counted on the markers
+    alone; counting stops past ``max_scans`` scans or ``_MAX_JPEG_SEGMENTS`` segments.
+
+    Marker segments are skipped by their length; inside entropy-coded data a marker is 0xFF
+    followed by anything but 0x00 (a stuffed 0xFF byte), 0xD0-0xD7 (restart) or 0xFF (fill).
+    """
+    n = len(data)
+    pos, scans, segments = 2, 0, 0
+    while scans <= max_scans and segments <= _MAX_JPEG_SEGMENTS:
+        m = _JPEG_MARKER.search(data, pos)
+        if m is None:
+            break
+        code = m.group(1)[0]
+        pos = m.end()
+        if code == 0xD9:  # EOI: the end of the first image (an MPO's others are not read)
+            break
+        if code in (0x01, 0xD8):  # standalone markers
+            continue
+        if pos + 2 > n:
+            break
+        segments += 1
+        scans += code == 0xDA
+        pos += int.from_bytes(data[pos:pos + 2], "big")
+    return scans, segments
+
+
+_JPEG_MARKER = re.compile(rb"\xff+([^\x00\xd0-\xd7\xff])")
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _tiff_blocks(data: bytes) -> int:
+    """Strips or tiles of a TIFF's first page, read from its header: Pillow would build a
+    Python list of them before any check could run."""
+    bo = "<" if data[:2] == b"II" else ">"
+    try:
+        if data[2:4] in (b"*\x00", b"\x00*"):  # classic TIFF
+            off = struct.unpack_from(bo + "I", data, 4)[0]
+            count = struct.unpack_from(bo + "H", data, off)[0]
+            first, size, fmt = off + 2, 12, bo + "HHI"
+        else:  # BigTIFF
+            off = struct.unpack_from(bo + "Q", data, 8)[0]
+            count = struct.unpack_from(bo + "Q", data, off)[0]
+            first, size, fmt = off + 8, 20, bo + "HHQ"
+        blocks = 0
+        for i in range(min(count, 4096)):  # real pages have a few dozen tags
+            tag, _type, n = struct.unpack_from(fmt, data, first + i * size)
+            if tag in (273, 324):  # StripOffsets, TileOffsets
+                blocks = max(blocks, n)
+        return blocks
+    except struct_error:
+        return 0  # a cut header: Pillow reports it
+
+
+def _check_structure(data: bytes, name: str) -> None:
+    """Refuse, before decoding, files whose decoding cost is not bounded by their pixels."""
+    if data[:2] == b"\xff\xd8":
+        scans, segments = _jpeg_structure(data, DEFAULT_MAX_JPEG_SCANS)
+        if scans > DEFAULT_MAX_JPEG_SCANS:
+            raise ImageTooLargeError(
+                f"{name}: JPEG with over {DEFAULT_MAX_JPEG_SCANS} scans (each one a pass over "
+                "the whole image), refused before decoding"
+            )
+        if segments > _MAX_JPEG_SEGMENTS:
+            raise ImageTooLargeError(
+                f"{name}: JPEG with over {_MAX_JPEG_SEGMENTS:,} marker segments, refused "
+                "before decoding"
+            )
+    elif data[:4] in _TIFF_MAGIC:
+        blocks = _tiff_blocks(data)
+        if blocks > DEFAULT_MAX_TIFF_BLOCKS:
+            raise ImageTooLargeError(
+                f"{name}: TIFF with {blocks:,} strips or tiles, over the limit of "
+                f"{DEFAULT_MAX_TIFF_BLOCKS:,} (refused before decoding)"
+            )
+
+
+def _open(data: bytes) -> Image.Image:
+    """``Image.open`` without its decompression-bomb warning.
+
+    The plugins of the supported formats are tried directly, in Pillow's order: the caller
+    checks the pixel limit on the header. ``Image.open`` warns above Pillow's own limit, and
+    silencing that takes ``warnings.catch_warnings``, which swaps the process-wide filter list
+    and is not thread-safe (decoding runs in threads). Other formats go through
+    ``Image.open`` to be named, then refused.
+    """
+    fp = io.BytesIO(data)
+    prefix = data[:16]
+    for fmt in _OPEN_ORDER:
+        factory, accept = Image.OPEN[fmt]
+        verdict = accept(prefix) if accept else True
+        if verdict is True or (verdict and not isinstance(verdict, str)):
+            fp.seek(0)
+            try:
+                return factory(fp, "")
+            except (SyntaxError, IndexError, TypeError, struct_error):
+                continue  # as Image.open does: not this format after all
+    fp.seek(0)
+    return Image.open(fp)
+
+
+_ORIENTATION_TAG = 0x0112
+# EXIF orientation -> the transpose that displays the image upright (as ImageOps.exif_transpose).
+_EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+}
+
+
+def _reduce_for_draft(img: Image.Image, draft_size: tuple[int, int]) -> Image.Image:
+    """Shrink an image by the integer factor (box filter) that keeps both sides at or above
+    ``draft_size``, as JPEG draft decoding does at a DCT scale."""
+    factor = min(img.width // max(draft_size[0], 1), img.height // max(draft_size[1], 1))
+    return img.reduce(factor) if factor >= 2 else img
 
 
 def _decode_bytes(
@@ -173,11 +342,9 @@ def _decode_bytes(
 ) -> tuple[Image.Image, tuple[int, int]]:
     if not data:
         raise InvalidImageError(f"{name}: empty file (0 bytes)")
+    _check_structure(data, name)
     try:
-        # Pillow's own bomb check (at 2x its MAX_IMAGE_PIXELS) may fire inside open().
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img: Image.Image = Image.open(io.BytesIO(data))
+        img = _open(data)
     except Image.DecompressionBombError as e:
         raise ImageTooLargeError(
             f"{name}: image dimensions exceed the pixel limit, refused before decoding ({e})"
@@ -205,15 +372,24 @@ def _decode_bytes(
             f"{max_pixels:,} (refused before decoding)"
         )
     try:
-        if getattr(img, "n_frames", 1) > 1:
-            img.seek(0)  # animated GIF/WebP/APNG: the first frame
+        # Image.open leaves an animation (GIF, WebP, APNG) or a multi-page TIFF at its first
+        # frame; asking for n_frames would count every page (quadratic in Pillow's TIFF).
         if draft_size is not None and fmt in ("JPEG", "MPO"):
             # Decode at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at or
             # above draft_size: as good as a full decode for a model that resizes down anyway,
             # and several times cheaper on listing-size photos.
             img.draft(None, draft_size)
         img.load()
-        img = ImageOps.exif_transpose(img) or img
+        if img.mode in _HIGH_DEPTH_MODES:
+            # To 8 bits band by band, then (draft) shrunk: no full-size float or RGB copy.
+            turn = _EXIF_TRANSPOSE.get(img.getexif().get(_ORIENTATION_TAG, 1))
+            img = _high_depth_to_l(img)  # a new image: the EXIF stays behind
+            if draft_size is not None:
+                img = _reduce_for_draft(img, draft_size)
+            if turn is not None:
+                img = img.transpose(turn)
+        else:
+            img = ImageOps.exif_transpose(img) or img
         rgb = _to_rgb(img)
         rgb.load()
     except (ImageTooLargeError, UnsupportedFormatError) as e:
@@ -256,7 +432,7 @@ def decode_image(
             raise InvalidImageError(f"{name}: image has no pixels ({w}x{h})")
         img = source
         try:
-            if getattr(img, "n_frames", 1) > 1:
+            if img.tell() != 0:
                 img.seek(0)
             rgb = _to_rgb(ImageOps.exif_transpose(img) or img)
         except UnsupportedFormatError as e:
