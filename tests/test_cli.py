@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -285,3 +286,23 @@ def test_csv_carries_the_open_set_gate_and_it_can_be_switched_off(
     assert main(["classify", str(photo), "--format", "csv", "--no-open-set"]) == 0
     row = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert row["familiarity"] == "" and row["unfamiliar"] == ""
+
+
+def test_models_list_shows_broken_packages_as_broken(
+        tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A package with an unreadable card made ``models list`` crash (UnicodeDecodeError,
+    RecursionError) instead of listing it as broken."""
+    root = tmp_path / "models"
+    shutil.copytree(tiny_model_dir, root / "good")
+    for name, raw in (("latin1", b'{"name": "caf\xe9"}'), ("deep", b"[" * 200_000)):
+        (root / name).mkdir()
+        (root / name / "card.json").write_bytes(raw)
+    shutil.copytree(tiny_model_dir, tmp_path / "direct")  # the path names a package itself
+    monkeypatch.setenv("WILDVISION_MODELS_PATH", f"{root}{os.pathsep}{tmp_path / 'direct'}")
+    assert main(["models", "list"]) == 0
+    rows = {line.split("\t")[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert rows["good"].split("\t")[1] == "0.0.1"
+    assert rows["direct"].split("\t")[1] == "0.0.1"
+    for name in ("latin1", "deep"):
+        assert "BROKEN" in rows[name] and "unreadable card" in rows[name]

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from wildvision.errors import ConfigError, ModelIntegrityError
@@ -256,3 +257,96 @@ def test_thresholds_parse_overrides() -> None:
     for bad in ("ivory", "ivory=x", "ivory=0.9:y"):
         with pytest.raises(ConfigError, match="GROUP=FLAG"):
             Thresholds.parse([bad])
+
+
+# -- ONNX external data and verify-then-load ----------------------------------------------
+
+
+def _externalize(pkg: Path, location: str = "weights.bin") -> None:
+    """Rewrite pkg/model.onnx to keep its weights in ``location`` (ONNX external data)."""
+    import onnx
+
+    model = onnx.load(str(pkg / "model.onnx"))
+    onnx.save_model(model, str(pkg / "model.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location=location, size_threshold=0)
+    assert (pkg / location).stat().st_size > 100_000
+
+
+def _logits(model: Any, batch: np.ndarray) -> np.ndarray:
+    from wildvision.runtime import create_backend
+
+    return create_backend(load_package(model)).run(batch)["logits"]
+
+
+def test_external_data_the_card_does_not_list_is_refused(pkg_copy: Path) -> None:
+    """model.onnx with its weights in an unlisted weights.bin loaded, and zeroing that file
+    changed the predictions with no integrity error."""
+    _externalize(pkg_copy)
+    _edit_card(pkg_copy, lambda c: c["files"].update(
+        {"model.onnx": sha256_file(pkg_copy / "model.onnx")}))
+    with pytest.raises(ModelIntegrityError, match=r"external data that card\.json does not list"):
+        _logits(pkg_copy, np.zeros((1, 3, 64, 64), np.float32))
+    (pkg_copy / "weights.bin").write_bytes(bytes((pkg_copy / "weights.bin").stat().st_size))
+    with pytest.raises(ModelIntegrityError):
+        _logits(pkg_copy, np.zeros((1, 3, 64, 64), np.float32))
+
+
+def test_listed_external_data_is_verified_and_loaded_from_memory(
+        pkg_copy: Path, tiny_model_dir: Path) -> None:
+    batch = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
+    expected = _logits(tiny_model_dir, batch)
+    _externalize(pkg_copy, "weights.data")
+    card = write_card(pkg_copy, load_package(pkg_copy, verify=False).card)
+    assert "weights.data" in card.files
+    np.testing.assert_allclose(_logits(pkg_copy, batch), expected, rtol=1e-5, atol=1e-6)
+    pkg = load_package(pkg_copy)
+    size = (pkg_copy / "weights.data").stat().st_size
+    (pkg_copy / "weights.data").write_bytes(bytes(size))  # zeroed after verification
+    from wildvision.runtime import create_backend
+
+    with pytest.raises(ModelIntegrityError, match=r"weights\.data: sha256 mismatch"):
+        create_backend(pkg)
+    with pytest.raises(ModelIntegrityError, match="sha256 mismatch"):
+        load_package(pkg_copy)
+
+
+def test_model_swapped_after_verification_is_not_loaded(pkg_copy: Path) -> None:
+    """What ONNX Runtime loads is the bytes that were hashed, not the file read again."""
+    from wildvision.runtime import create_backend
+
+    pkg = load_package(pkg_copy)
+    shutil.copy(pkg_copy / "model.onnx", pkg_copy / "original.onnx")
+    import onnx
+
+    model = onnx.load(str(pkg_copy / "model.onnx"))
+    model.graph.initializer[0].raw_data = bytes(len(model.graph.initializer[0].raw_data))
+    onnx.save_model(model, str(pkg_copy / "model.onnx"))  # a valid model, other weights
+    with pytest.raises(ModelIntegrityError, match=r"model\.onnx: sha256 mismatch"):
+        create_backend(pkg)
+
+
+# -- malformed cards: typed errors ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"name": "caf\xe9"}',  # Latin-1, not UTF-8
+    b"[" * 200_000 + b"]" * 200_000,  # nested past the recursion limit
+    b"\xef\xbb\xbf" + b"{}",  # a UTF-8 byte-order mark
+], ids=["invalid-utf8", "deep-nesting", "bom"])
+def test_malformed_card_bytes_give_integrity_errors(pkg_copy: Path, raw: bytes) -> None:
+    (pkg_copy / "card.json").write_bytes(raw)
+    with pytest.raises(ModelIntegrityError, match="card"):
+        load_package(pkg_copy)
+
+
+@pytest.mark.parametrize("change", [
+    lambda c: c.update(preprocess=[1, 2]),
+    lambda c: c.update(thresholds={"ivory": 0.5}),
+    lambda c: c.update(labels=5),
+    lambda c: c.update(files=["model.onnx"]),
+], ids=["preprocess-list", "threshold-number", "labels-number", "files-list"])
+def test_malformed_card_values_give_integrity_errors(
+        pkg_copy: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    _edit_card(pkg_copy, change)
+    with pytest.raises(ModelIntegrityError):
+        load_package(pkg_copy)

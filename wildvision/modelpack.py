@@ -33,7 +33,10 @@ __all__ = [
 ]
 
 CARD_FORMAT = 1
-WEIGHT_SUFFIXES = (".onnx", ".safetensors", ".npz")  # .npz: plain arrays, no pickle
+# Raw tensor bytes that a model.onnx keeps outside itself (ONNX external data). Only the ones
+# card.json lists (and hashes) are ever given to ONNX Runtime, from verified memory.
+EXTERNAL_DATA_SUFFIXES = (".data",)  # not .bin: pytorch_model.bin is a pickle
+WEIGHT_SUFFIXES = (".onnx", ".safetensors", ".npz", *EXTERNAL_DATA_SUFFIXES)  # .npz: no pickle
 
 
 @dataclass(frozen=True)
@@ -140,8 +143,8 @@ class ModelCard:
         for name in self.files:
             if Path(name).name != name or not name.endswith(WEIGHT_SUFFIXES):
                 raise ModelIntegrityError(
-                    f"card.json of {self.name}: file {name!r} is not a plain .onnx/.safetensors/"
-                    ".npz file name"
+                    f"card.json of {self.name}: file {name!r} is not a plain "
+                    f"{'/'.join(WEIGHT_SUFFIXES)} file name"
                 )
         ensure_labels((lab, self.label_groups[lab]) for lab in self.labels)
 
@@ -193,7 +196,7 @@ class ModelCard:
             )
         except KeyError as e:
             raise ModelIntegrityError(f"card.json: missing required key {e}") from None
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, AttributeError) as e:
             if isinstance(e, ModelIntegrityError):
                 raise
             raise ModelIntegrityError(f"card.json: invalid value ({e})") from e
@@ -238,6 +241,32 @@ class ModelPackage:
                 f"(has: {', '.join(sorted(self.card.files)) or 'none'})"
             )
         return self.path / name
+
+    def read_verified(self, name: str) -> bytes:
+        """The bytes of a file listed in the card, checked against its sha256 as read: what
+        the caller gets is what was verified, whatever happens to the file afterwards.
+
+        Raises:
+            ModelIntegrityError: the file is not listed, unreadable or does not match.
+        """
+        path = self.file(name)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ModelIntegrityError(f"{path}: cannot read ({e.strerror or e})") from e
+        actual = hashlib.sha256(data).hexdigest()
+        expected = self.card.files[name]
+        if actual != expected:
+            raise ModelIntegrityError(
+                f"{path}: sha256 mismatch (card says {expected[:12]}…, file is {actual[:12]}…); "
+                "the package is corrupt or was modified"
+            )
+        return data
+
+    def external_data(self) -> dict[str, bytes]:
+        """The ONNX external-data files the card lists (``*.data``), verified."""
+        return {name: self.read_verified(name) for name in sorted(self.card.files)
+                if name.endswith(EXTERNAL_DATA_SUFFIXES)}
 
     def onnx_file(self, precision: str = "fp32") -> Path:
         if precision == "fp32":
@@ -296,8 +325,11 @@ def load_package(path: str | Path, *, verify: bool = True) -> ModelPackage:
         raise ModelIntegrityError(f"{root}: not a model package (no card.json)")
     try:
         data = json.loads(card_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
         raise ModelIntegrityError(f"{card_path}: unreadable card ({e})") from e
+    except RecursionError:
+        raise ModelIntegrityError(f"{card_path}: unreadable card (JSON nested too deeply)"
+                                  ) from None
     if not isinstance(data, dict):
         raise ModelIntegrityError(f"{card_path}: card must be a JSON object")
     card = ModelCard.from_dict(data)

@@ -44,12 +44,18 @@ def _model_dirs() -> list[Path]:
 def installed_models() -> dict[str, Path]:
     """Names of the installed model packages -> their folders: those shipped inside
     wildvision first, then those in the folders of ``$WILDVISION_MODELS_PATH`` (a name
-    found twice keeps its first folder)."""
+    found twice keeps its first folder). ``$WILDVISION_MODELS_PATH`` may also name package
+    folders themselves."""
     found: dict[str, Path] = {}
     for d in _model_dirs():
-        if not d.is_dir():
+        if (d / "card.json").is_file():  # a package folder itself
+            found.setdefault(d.name, d)
             continue
-        for sub in sorted(d.iterdir()):
+        try:
+            subs = sorted(d.iterdir()) if d.is_dir() else []
+        except OSError:  # unreadable: nothing installed there
+            continue
+        for sub in subs:
             if (sub / "card.json").is_file():
                 found.setdefault(sub.name, sub)
     return found

@@ -6,6 +6,7 @@ and return a dict of named float32 outputs (``logits``, ``embedding``, maybe ``f
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Protocol
 
 import numpy as np
@@ -31,14 +32,23 @@ class Backend(Protocol):
 
 
 class OnnxBackend:
-    """ONNX Runtime on CPU (or any execution provider given)."""
+    """ONNX Runtime on CPU (or any execution provider given).
+
+    Args:
+        path: the ``.onnx`` file, or its bytes. Loaded from bytes, ONNX Runtime never reads
+            external data from disk: only the files in ``external_data`` are available.
+        external_data: ONNX external-data file name (as the model refers to it) -> its bytes.
+        threads: intra-op threads (``None``: the runtime decides).
+        providers: execution providers (default: CPU).
+    """
 
     name = "onnx"
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | bytes,
         *,
+        external_data: Mapping[str, bytes] | None = None,
         threads: int | None = None,
         providers: list[str] | None = None,
     ) -> None:
@@ -52,13 +62,25 @@ class OnnxBackend:
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        what = "<model bytes>" if isinstance(path, bytes) else os.fspath(path)
+        # Kept alive with the session: ONNX Runtime reads these buffers in place.
+        self._external = {n: np.frombuffer(d, np.uint8) for n, d in (external_data or {}).items()}
+        if self._external:
+            opts.add_external_initializers_from_files_in_memory(
+                list(self._external), list(self._external.values()),
+                [a.size for a in self._external.values()])
         try:
             self.session = ort.InferenceSession(
-                os.fspath(path), sess_options=opts,
+                path if isinstance(path, bytes) else what, sess_options=opts,
                 providers=providers or ["CPUExecutionProvider"],
             )
         except Exception as e:  # onnxruntime raises its own untyped errors
-            raise ModelIntegrityError(f"{path}: ONNX Runtime cannot load the model ({e})") from e
+            hint = ""
+            if isinstance(path, bytes) and ("xternal" in str(e) or "model_path" in str(e)):
+                hint = ("; the model keeps weights in external data that card.json does not "
+                        "list: name it *.data and list it in card.json")
+            raise ModelIntegrityError(
+                f"{what}: ONNX Runtime cannot load the model ({e}){hint}") from e
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = tuple(o.name for o in self.session.get_outputs())
 
@@ -98,11 +120,18 @@ def create_backend(
 
     Raises:
         ConfigError: unknown backend or precision.
+        ModelIntegrityError: a weight file changed since the package was loaded, or the model
+            needs external data that the card does not list.
         MissingExtraError: torch backend without the ``[torch]`` extra.
     """
     head = package_head(package)
     if backend == "onnx":
-        onnx = OnnxBackend(package.onnx_file(precision), threads=threads)
+        # The verified bytes themselves go to ONNX Runtime, with the card's external data:
+        # nothing can change between the sha256 check and the load, and no unlisted file next
+        # to model.onnx is ever read.
+        onnx_name = package.onnx_file(precision).name
+        onnx = OnnxBackend(package.read_verified(onnx_name),
+                           external_data=package.external_data(), threads=threads)
         return HeadBackend(onnx, head) if head is not None else onnx
     if backend == "torch":
         if head is not None:
