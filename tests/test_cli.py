@@ -306,3 +306,77 @@ def test_models_list_shows_broken_packages_as_broken(
     assert rows["direct"].split("\t")[1] == "0.0.1"
     for name in ("latin1", "deep"):
         assert "BROKEN" in rows[name] and "unreadable card" in rows[name]
+
+
+def test_resume_refuses_a_file_that_is_not_its_format(
+        tiny_model_dir: Path, tmp_path: Path, photo_files: list[Path],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Resuming a CSV results file without -f csv dropped every row and rewrote the file as
+    JSONL; -o notes.txt --resume overwrote the notes. Both are refused, the files untouched."""
+    files = [str(p) for p in photo_files[:3]]
+    out = tmp_path / "results.csv"
+    assert main(["classify", "-m", str(tiny_model_dir), "-f", "csv", "-o", str(out),
+                 *files[:2]]) == 0
+    before = out.read_bytes()
+    assert main(["classify", "-m", str(tiny_model_dir), "-o", str(out), "--resume",
+                 *files]) == 2
+    assert "not a wildvision jsonl results file" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    notes = tmp_path / "notes.txt"
+    notes.write_text("call the buyer back\nprice: 300\n", encoding="utf-8")
+    for fmt in ("jsonl", "csv"):
+        assert main(["classify", "-m", str(tiny_model_dir), "-f", fmt, "-o", str(notes),
+                     "--resume", *files]) == 2
+        assert notes.read_text(encoding="utf-8") == "call the buyer back\nprice: 300\n"
+    # A JSON line that is not a result record is not one either.
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"source": "a.jpg", "ok": true}\n{"name": "x"}\n', encoding="utf-8")
+    assert main(["classify", "-m", str(tiny_model_dir), "-o", str(other), "--resume",
+                 *files]) == 2
+    assert "line 2" in capsys.readouterr().err
+
+
+def test_output_is_never_overwritten_without_force(
+        tiny_model_dir: Path, tmp_path: Path, photo_files: list[Path],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    files = [str(p) for p in photo_files[:2]]
+    out = tmp_path / "report.jsonl"
+    out.write_text("my earlier work\n", encoding="utf-8")
+    base = ["classify", "-m", str(tiny_model_dir), "-o", str(out), *files]
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "exists" in err and "--force" in err
+    assert out.read_text(encoding="utf-8") == "my earlier work\n"
+    assert main([*base, "--force"]) == 0
+    assert [r["source"] for r in _jsonl(out)] == files
+    empty = tmp_path / "empty.jsonl"
+    empty.touch()  # an empty file (mktemp) holds nothing to lose
+    assert main(["classify", "-m", str(tiny_model_dir), "-o", str(empty), *files]) == 0
+    assert len(_jsonl(empty)) == 2
+
+
+def test_csv_cells_cannot_be_spreadsheet_formulas(
+        tiny_model_dir: Path, tmp_path: Path, photo_files: list[Path],
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """File names and messages starting with = + - @ were written as is into CSV results that
+    moderators open in spreadsheets (OWASP CSV injection)."""
+    names = ['=HYPERLINK("x.example","y").png', "+1.png", "-2+3.png", "@SUM(A1).png",
+             "'quoted.png", "plain.png"]
+    for i, name in enumerate(names):
+        shutil.copy(photo_files[i], tmp_path / name)
+    monkeypatch.chdir(tmp_path)  # relative names: the source cells start with them
+    inputs = [*names, "=missing.jpg"]
+    base = ["classify", "-m", str(tiny_model_dir), "-f", "csv", "-o", "results.csv"]
+    assert main([*base, "--", *inputs]) == 1
+    with open("results.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    for row in rows[1:]:
+        for cell in row:
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), (cell, row)
+    sources = [row[0] for row in rows[1:]]
+    assert sources == ["'" + n if n != "plain.png" else n for n in inputs]
+    assert rows[-1][-1].startswith("'=missing.jpg: ")  # the failure message
+    # --resume reads the escaped names back: nothing is redone.
+    capsys.readouterr()
+    assert main([*base, "--resume", "--", *inputs]) == 1
+    assert "resume: 7 of 7 inputs already done" in capsys.readouterr().err

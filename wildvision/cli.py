@@ -16,6 +16,7 @@ import csv
 import importlib
 import io
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,12 +49,28 @@ CSV_FIELDS = (
 )
 
 
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP CSV injection):
+# such text cells get a leading apostrophe, as do cells already starting with one, so that
+# reading a cell back is unambiguous (_csv_unescape).
+_CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def _csv_escape(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(_CSV_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def _csv_unescape(value: str) -> str:
+    return value[1:] if value.startswith("'") else value
+
+
 def _row_csv(result: Any) -> dict[str, Any]:
     row = result.to_row()
     out = {k: row.get(k) for k in CSV_FIELDS}
     if row["flagged_groups"] is not None:
         out["flagged_groups"] = ";".join(row["flagged_groups"])
-    return out
+    return {k: _csv_escape(v) for k, v in out.items()}
 
 
 class _Writer:
@@ -93,9 +110,13 @@ class _Writer:
 def _load_done(path: Path, fmt: str) -> dict[str, bool]:
     """Inputs already in an earlier output file (for ``--resume``) -> whether they succeeded.
 
-    An interrupted run can leave a cut last line (or, for jsonl, other unreadable lines): those
-    are removed from the file, so that their inputs are redone and the appended results start
-    on a clean line. Every input then appears in the final file exactly once.
+    The file must hold results in ``fmt``, every complete line of it: anything else (a CSV
+    resumed as jsonl, someone's notes) is refused, never rewritten. Only a cut last line (no
+    newline: an interrupted run) is removed, so that its input is redone and the appended
+    results start on a clean line. Every input then appears in the final file exactly once.
+
+    Raises:
+        ConfigError: the file is not a wildvision ``fmt`` results file.
     """
     if fmt not in ("jsonl", "csv"):
         raise ConfigError("--resume needs --format jsonl or csv")
@@ -107,37 +128,34 @@ def _load_done(path: Path, fmt: str) -> dict[str, bool]:
         text = complete.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"--resume: {path} is not a UTF-8 {fmt} file ({e})") from e
+    not_results = (f"--resume: {path} is not a wildvision {fmt} results file "
+                   "(refusing to change it; check -o and -f)")
     done: dict[str, bool] = {}
-    kept: list[str] = []
     if fmt == "jsonl":
-        for line in text.splitlines(keepends=True):
+        for n, line in enumerate(text.splitlines(), 1):
             try:
                 record = json.loads(line)
-                source, ok = record["source"], bool(record["ok"])
+                source, ok = record["source"], record["ok"]
             except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # cut or corrupt: the input is redone
-            if isinstance(source, str):
-                done[source] = ok
-                kept.append(line)
-        new_text = "".join(kept)
-    else:
+                raise ConfigError(f"{not_results}: line {n} is not a result record") from None
+            if not isinstance(source, str) or not isinstance(ok, bool):
+                raise ConfigError(f"{not_results}: line {n} is not a result record")
+            done[source] = ok
+    elif text:
+        if text.split("\n", 1)[0].strip().split(",") != list(CSV_FIELDS):
+            raise ConfigError(f"{not_results}: the header differs")
         try:
             rows = list(csv.DictReader(io.StringIO(text, newline="")))
         except csv.Error as e:
-            raise ConfigError(f"--resume: {path} is not a readable CSV file ({e})") from e
-        if text and text.split("\n", 1)[0].strip().split(",") != list(CSV_FIELDS):
-            raise ConfigError(f"--resume: {path} is not a wildvision CSV output (header differs)")
-        buf = io.StringIO(newline="")
-        writer = csv.DictWriter(buf, fieldnames=list(CSV_FIELDS))
-        writer.writeheader()
-        for r in rows:
+            raise ConfigError(f"{not_results} ({e})") from e
+        for n, r in enumerate(rows, 2):
             if None in r.values() or None in r or not r.get("source"):
-                continue  # a row with missing or extra fields: cut by an interrupted run
-            done[r["source"]] = r["ok"] == "True"
-            writer.writerow(r)
-        new_text = buf.getvalue() if done else ""
-    if new_text.encode("utf-8") != data:
-        path.write_text(new_text, encoding="utf-8", newline="")
+                raise ConfigError(f"{not_results}: row {n} has missing or extra fields")
+            done[_csv_unescape(r["source"])] = r["ok"] == "True"
+    if complete != data:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(complete)
+        os.replace(tmp, path)  # never half-written
     return done
 
 
@@ -179,6 +197,11 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         inputs = [p for p in inputs if p not in done]
         append = bool(done)
         print(f"resume: {before - len(inputs)} of {before} inputs already done", file=sys.stderr)
+    elif args.output and args.output != "-" and not args.force:
+        existing = Path(args.output)
+        if existing.is_file() and existing.stat().st_size > 0:
+            raise ConfigError(f"--output {existing} exists; --resume adds to it, --force "
+                              "overwrites it")
     total = len(inputs)
     show = args.progress if args.progress is not None else (sys.stderr.isatty() and total > 50)
     progress = Progress(total, show)
@@ -256,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", default=None, help="output file (default: stdout)")
     c.add_argument("--resume", action="store_true",
                    help="skip inputs already in --output and append the rest")
+    c.add_argument("--force", action="store_true",
+                   help="overwrite an existing --output file (refused otherwise)")
     add_classifier_arguments(c)
     c.add_argument("--explain", action="store_true",
                    help="add a heatmap of where the model saw the most probable flaggable "
