@@ -56,7 +56,7 @@ def big_png() -> bytes:
 
 
 @contextlib.contextmanager
-def running_server(config: ServeConfig) -> Iterator[tuple[str, Any]]:
+def running_server(config: ServeConfig, **uvicorn_options: Any) -> Iterator[tuple[str, Any]]:
     """Serve ``create_app(config)`` with uvicorn on a free loopback port, in a thread."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -64,7 +64,8 @@ def running_server(config: ServeConfig) -> Iterator[tuple[str, Any]]:
     sock.listen(256)
     port = sock.getsockname()[1]
     app = create_app(config)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False,
+                                           **uvicorn_options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -535,3 +536,113 @@ def test_cli_serve_fails_fast_on_unknown_model() -> None:
     from wildvision.cli import main
 
     assert main(["serve", "--model", "no-such-model-xyz", "--port", str(_free_port())]) == 1
+
+
+# -- hardening ---------------------------------------------------------------------------------
+def test_timed_out_work_holding_every_slot_makes_readyz_not_ready(big_png: bytes) -> None:
+    """Work past its 504 held every slot while /readyz said 200: a load balancer kept sending
+    traffic that could only get 503."""
+    cfg = ServeConfig(model=str(TINY), max_concurrency=1, request_timeout_s=0.3, batch_size=4)
+    with running_server(cfg) as (url, app):
+        files = [("files", (f"{i}.png", big_png, "image/png")) for i in range(6)]
+        assert httpx.post(url + "/v1/classify/batch", files=files, timeout=60).status_code == 504
+        ready = httpx.get(url + "/readyz")
+        if app.state.wildvision.running:  # the abandoned work still runs
+            assert ready.status_code == 503, ready.text
+            assert ready.json()["status"] == "saturated" and ready.json()["overrun"] == 1
+            assert "retry-after" in ready.headers
+        wait_until(lambda: app.state.wildvision.running == 0, timeout=60)
+        ready = httpx.get(url + "/readyz")
+        assert ready.status_code == 200 and ready.json()["overrun"] == 0
+
+
+def test_many_scan_jpegs_are_refused_and_normal_requests_still_served() -> None:
+    from make_crafted import many_scans_jpeg
+
+    bomb = many_scans_jpeg(side=2048, extra_scans=400)
+    cfg = ServeConfig(model=str(TINY), max_concurrency=2, request_timeout_s=20)
+    with running_server(cfg) as (url, _):
+        for _ in range(4):
+            r = httpx.post(url + "/v1/classify", content=bomb, timeout=60)
+            assert r.status_code == 422, r.text
+            assert r.json()["error_type"] == "ImageTooLargeError"
+            assert "scans" in r.json()["message"]
+        assert httpx.post(url + "/v1/classify", content=jpeg(1), timeout=60).status_code == 200
+        assert httpx.get(url + "/readyz").status_code == 200
+
+
+def test_docs_need_no_cdn_and_the_schema_needs_the_key(tmp_path: Path) -> None:
+    """/docs loaded Swagger UI from a CDN and, like /openapi.json, needed no key."""
+    cfg = ServeConfig(model=str(TINY), api_keys=(API_KEY,))
+    with running_server(cfg) as (url, _):
+        for page in ("/docs", "/redoc"):
+            assert httpx.get(url + page, headers={"X-API-Key": API_KEY}).status_code == 404
+        assert httpx.get(url + "/openapi.json").status_code == 401
+        schema = httpx.get(url + "/openapi.json", headers={"X-API-Key": API_KEY})
+        assert schema.status_code == 200
+        assert "/v1/classify" in schema.json()["paths"]
+        assert "/openapi.json" not in schema.json()["paths"]
+
+
+def test_every_logger_writes_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    """python-multipart's warnings reached stderr as plain text, breaking `jq` on the log."""
+    from wildvision.serve._app import configure_logging
+
+    names = ("", "wildvision.serve", "uvicorn.error")
+    saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).level,
+                 logging.getLogger(n).propagate) for n in names}
+    try:
+        for n in names:  # as in a fresh `wildvision serve` process
+            logger = logging.getLogger(n)
+            logger.handlers = [h for h in logger.handlers
+                               if not getattr(h, "_wildvision", False)]
+        configure_logging()
+        logging.getLogger("python_multipart.multipart").warning(
+            "Skipping data after last boundary")
+        logging.getLogger("wildvision.serve").info("model loaded")
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        records = [json.loads(line) for line in lines]
+        assert [r["logger"] for r in records] == ["python_multipart.multipart",
+                                                  "wildvision.serve"]
+        assert records[0]["level"] == "warning"
+    finally:
+        for n, (handlers, level, propagate) in saved.items():
+            logger = logging.getLogger(n)
+            logger.handlers = handlers
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+
+def test_uvicorn_connection_limits_come_from_the_config() -> None:
+    """Idle connections stayed open for minutes and nothing bounded their number."""
+    cfg = ServeConfig(model=str(TINY), max_concurrency=1, max_pending=2, max_connections=4,
+                      keep_alive_s=0.5, max_header_bytes=4096)
+    opts = cfg.uvicorn_options()
+    assert opts == {"timeout_keep_alive": 0.5, "limit_concurrency": 4,
+                    "h11_max_incomplete_event_size": 4096}
+    assert ServeConfig(max_concurrency=2).uvicorn_options()["limit_concurrency"] == 4 * 8 + 16
+    with pytest.raises(ConfigError, match="max_connections"):
+        ServeConfig(max_concurrency=2, max_connections=3)
+    with running_server(cfg, **opts) as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        # A kept-alive connection is closed once idle for keep_alive_s.
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            response = b""
+            while not response.endswith(b'{"status":"ok"}'):
+                chunk = conn.recv(65536)
+                assert chunk, response
+                response += chunk
+            assert response.startswith(b"HTTP/1.1 200")
+            t0 = time.monotonic()
+            assert conn.recv(65536) == b""  # closed by the server
+            assert time.monotonic() - t0 < 5
+        # Past max_connections open connections, uvicorn answers 503 itself.
+        idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(4)]
+        try:
+            time.sleep(0.3)
+            assert httpx.get(url + "/healthz", timeout=10).status_code == 503
+        finally:
+            for c in idle:
+                c.close()
+        wait_until(lambda: httpx.get(url + "/healthz", timeout=10).status_code == 200)

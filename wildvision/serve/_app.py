@@ -86,6 +86,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             "request body: the service never fetches URLs."
         ),
         lifespan=lifespan,
+        # No /docs or /redoc: their pages load Swagger UI / ReDoc from a CDN (blank on an
+        # offline network). The schema itself is served by the routes, behind the API key.
+        docs_url=None, redoc_url=None, openapi_url=None,
     )
     app.state.wildvision = service
     app.add_middleware(_GateMiddleware, service=service)

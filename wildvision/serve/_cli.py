@@ -17,8 +17,8 @@ def register(subparsers: Any) -> None:
         "serve",
         help="run the HTTP classification service ([serve] extra)",
         description="Serve POST /v1/classify, POST /v1/classify/batch, GET /v1/models, "
-                    "/healthz, /readyz and /docs. Images are accepted in the request body "
-                    "only; URLs are never fetched.",
+                    "/healthz, /readyz and /openapi.json. Images are accepted in the request "
+                    "body only; URLs are never fetched.",
     )
     p.add_argument("-m", "--model", default=None,
                    help="model name, package folder or hf://org/name (default: wildvision-base)")
@@ -129,6 +129,7 @@ def run_serve(args: argparse.Namespace) -> int:
     common: dict[str, Any] = {
         "host": args.host, "port": args.port, "log_config": None, "access_log": False,
         "server_header": False, "timeout_graceful_shutdown": int(cfg.request_timeout_s) + 5,
+        **cfg.uvicorn_options(),  # keep-alive, connection and header-size limits
     }
     if args.workers == 1:
         uvicorn.run(create_app(cfg), **common)

@@ -46,6 +46,10 @@ class ServeConfig:
         api_keys: accepted API keys; empty = no authentication.
         api_key_file: a file of API keys, one per line (``#`` comments), added to ``api_keys``.
         log_requests: write one JSON log line per request to the ``wildvision.serve`` logger.
+        keep_alive_s: idle time after which uvicorn closes a kept-alive connection.
+        max_connections: open connections (and requests) uvicorn accepts at once; one more
+            gets 503 from uvicorn itself. ``None`` = ``4 * max_pending + 16``.
+        max_header_bytes: the most of an unfinished request head uvicorn buffers.
         match_index: a known-photo index file (``wildvision match build``, ``[match]``
             extra): every result lists its ``matches`` and a photo with one is flagged.
     """
@@ -69,6 +73,9 @@ class ServeConfig:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     api_key_file: str | None = None
     log_requests: bool = True
+    keep_alive_s: float = 5.0
+    max_connections: int | None = None
+    max_header_bytes: int = 16 * 1024
     match_index: str | None = None
 
     def __post_init__(self) -> None:
@@ -83,6 +90,14 @@ class ServeConfig:
                 f"ServeConfig.max_pending ({self.max_pending}) must be >= max_concurrency "
                 f"({self.max_concurrency})"
             )
+        if self.max_connections is not None and self.max_connections < self.pending_limit:
+            raise ConfigError(
+                f"ServeConfig.max_connections ({self.max_connections}) must be >= max_pending "
+                f"({self.pending_limit})"
+            )
+        if not self.keep_alive_s > 0 or not self.max_header_bytes >= 1024:
+            raise ConfigError("ServeConfig.keep_alive_s must be > 0 and max_header_bytes "
+                              ">= 1024")
         if not self.request_timeout_s > 0:
             raise ConfigError(
                 f"ServeConfig.request_timeout_s must be > 0, got {self.request_timeout_s!r}"
@@ -108,6 +123,15 @@ class ServeConfig:
     def pending_limit(self) -> int:
         """The effective ``max_pending``."""
         return self.max_pending if self.max_pending is not None else 4 * self.max_concurrency
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """The connection limits to pass to uvicorn (``uvicorn.run(app, **options)``)."""
+        return {
+            "timeout_keep_alive": self.keep_alive_s,
+            "limit_concurrency": (self.max_connections if self.max_connections is not None
+                                  else 4 * self.pending_limit + 16),
+            "h11_max_incomplete_event_size": self.max_header_bytes,
+        }
 
     def all_api_keys(self) -> tuple[str, ...]:
         """``api_keys`` plus the keys read from ``api_key_file``.

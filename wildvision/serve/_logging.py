@@ -36,8 +36,10 @@ class JsonLogFormatter(logging.Formatter):
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """Send the service's and uvicorn's logs as JSON lines to stderr (``wildvision serve``)."""
-    for name in ("wildvision.serve", "uvicorn.error"):
+    """Send every log line of the process as a JSON line to stderr (``wildvision serve``):
+    the service's and uvicorn's at ``level``, any other library's (python-multipart ...)
+    through the root logger, which would otherwise print plain text."""
+    for name in ("", "wildvision.serve", "uvicorn.error"):
         logger = logging.getLogger(name)
         if any(getattr(h, "_wildvision", False) for h in logger.handlers):
             continue
@@ -45,5 +47,7 @@ def configure_logging(level: int = logging.INFO) -> None:
         handler.setFormatter(JsonLogFormatter())
         handler._wildvision = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
+        if not name:  # the root logger: other libraries keep their own levels
+            continue
         logger.setLevel(logging.DEBUG if os.environ.get("WILDVISION_SERVE_DEBUG") else level)
         logger.propagate = False

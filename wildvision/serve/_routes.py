@@ -190,6 +190,11 @@ def add_routes(app: FastAPI, service: _ServiceState) -> None:
             "default": True,
         }]}
 
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_key)])
+    async def openapi() -> JSONResponse:
+        """The OpenAPI schema (behind the API key when keys are configured)."""
+        return JSONResponse(app.openapi())
+
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, Any]:
         """Liveness: the process answers."""
@@ -197,10 +202,18 @@ def add_routes(app: FastAPI, service: _ServiceState) -> None:
 
     @app.get("/readyz", tags=["ops"], responses={503: {"description": "not ready"}})
     async def readyz() -> JSONResponse:
-        """Readiness: 200 once the model is loaded, 503 while loading or after a failed load."""
+        """Readiness: 200 once the model is loaded; 503 while loading, after a failed load, or
+        while every inference slot is held by work past its request's deadline."""
         clf = service.classifier
-        load = {"running": service.running, "max_concurrency": cfg.max_concurrency,
+        load = {"running": service.running, "overrun": service.overrun,
+                "max_concurrency": cfg.max_concurrency,
                 "pending": service.pending, "max_pending": cfg.pending_limit}
+        if clf is not None and service.overrun >= cfg.max_concurrency:
+            # Every slot is held by work whose client already got its 504: nothing can be
+            # served until one ends, so a load balancer should send traffic elsewhere.
+            return JSONResponse({"status": "saturated", "model": clf.card.name,
+                                 "model_version": clf.card.version, **load}, status_code=503,
+                                headers={"Retry-After": str(cfg.retry_after_s)})
         if clf is not None:
             return JSONResponse({"status": "ready", "model": clf.card.name,
                                  "model_version": clf.card.version, **load})

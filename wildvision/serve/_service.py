@@ -30,6 +30,7 @@ class _ServiceState:
     load_error: BaseException | None = None
     loaded_at: float | None = None
     running: int = 0  # inferences in the thread pool (only touched on the event loop)
+    overrun: int = 0  # of those, the ones whose request already timed out (idem)
     pending: int = 0  # admitted classify requests (idem)
     counts: Counter[int] = field(default_factory=Counter)
 
@@ -132,5 +133,12 @@ class _ServiceState:
         try:
             return await asyncio.wait_for(asyncio.shield(fut), max(remaining, 0.0))
         except asyncio.TimeoutError:
+            if not fut.done():  # counted as overrun until it ends (see /readyz)
+                self.overrun += 1
+
+                def end_overrun(_: asyncio.Future[T]) -> None:
+                    self.overrun -= 1
+
+                fut.add_done_callback(end_overrun)
             raise _ApiError(504, "Timeout", "inference did not finish within "
                             f"{cfg.request_timeout_s:g} s") from None
