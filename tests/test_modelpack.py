@@ -120,7 +120,8 @@ def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
         (_set("labels", []), "unique, non-empty"),
         (lambda c: c["label_groups"].pop("clothing"), "labels without a group"),
         (lambda c: c["label_groups"].__setitem__("clothing", "fashion"), "unknown groups"),
-        (lambda c: c["label_groups"].__setitem__("clothing", "ivory"), "invalid value"),
+        (lambda c: c["label_groups"].__setitem__("clothing", "ivory"),
+         "'clothing' is in group 'benign' in the taxonomy"),
         (_set("temperature", 0), "temperature"),
         (_set("temperature", "hot"), "invalid value"),
         (_set("thresholds", {"ivory": {"flag": 0.2, "review": 0.6}}), "review <= flag"),
@@ -350,3 +351,33 @@ def test_malformed_card_values_give_integrity_errors(
     _edit_card(pkg_copy, change)
     with pytest.raises(ModelIntegrityError):
         load_package(pkg_copy)
+
+
+def test_cards_map_a_new_label_each_their_own_way(tiny_model_dir: Path) -> None:
+    """Loading a card changes no process-wide taxonomy: card A maps a new label to benign,
+    card B maps the same label to ivory, and both load in one process (B used to raise)."""
+    from wildvision import taxonomy
+
+    base = load_package(tiny_model_dir).card.to_dict()
+    label = "pangolin_figurine_regression"
+    cards = []
+    for group in ("benign", "ivory"):
+        d = json.loads(json.dumps(base))
+        d["labels"] = [*d["labels"], label]
+        d["label_groups"][label] = group
+        cards.append(ModelCard.from_dict(d))
+    assert [c.label_groups[label] for c in cards] == ["benign", "ivory"]
+    with pytest.raises(ConfigError, match="unknown fine label"):
+        taxonomy.fine_label(label)  # nothing was registered
+    assert label not in taxonomy.labels_in_group("benign")
+    assert label in render_card(cards[1])  # the card renders a label new to the taxonomy
+    # the card's mapping is still checked: a built-in label keeps its group, names and groups
+    # must be valid
+    for change in ({"ivory_carving": "benign"}, {label: "no_such_group"}, {"Bad Name": "benign"}):
+        d = json.loads(json.dumps(base))
+        for lab, g in change.items():
+            if lab not in d["labels"]:
+                d["labels"].append(lab)
+            d["label_groups"][lab] = g
+        with pytest.raises(ModelIntegrityError):
+            ModelCard.from_dict(d)

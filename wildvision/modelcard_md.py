@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .modelpack import WEIGHT_SUFFIXES, ModelCard, sha256_file
-from .taxonomy import GROUP_NAMES, fine_label
+from .taxonomy import GROUP_NAMES, builtin_label
 
 __all__ = ["render_card", "write_card"]
 
@@ -249,9 +249,10 @@ def render_card(card: ModelCard) -> str:
     covered = [g for g in GROUP_NAMES if g in card.groups]
     rows = []
     for lab in card.labels:
-        fl = fine_label(lab)
+        fl = builtin_label(lab)  # a label new to this card has no CITES entry here
         n = card.training.get("train_counts", {}).get(lab, "")
-        rows.append([lab, card.label_groups[lab], fl.cites_appendix or "", str(n)])
+        cites = fl.cites_appendix if fl is not None else None
+        rows.append([lab, card.label_groups[lab], cites or "", str(n)])
     md += _section(
         "Labels",
         f"Groups covered: {', '.join(covered)}.\n\n"

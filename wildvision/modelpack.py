@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, ModelIntegrityError
 from .preprocess import PreprocessConfig
-from .taxonomy import FLAGGABLE_GROUPS, GROUP_NAMES, ensure_labels
+from .taxonomy import FLAGGABLE_GROUPS, GROUP_NAMES, check_label_groups
 
 if TYPE_CHECKING:
     from .openset import OpenSetGate
@@ -146,7 +146,11 @@ class ModelCard:
                     f"card.json of {self.name}: file {name!r} is not a plain "
                     f"{'/'.join(WEIGHT_SUFFIXES)} file name"
                 )
-        ensure_labels((lab, self.label_groups[lab]) for lab in self.labels)
+        try:
+            # the card's own mapping, checked against the built-in taxonomy; nothing global
+            check_label_groups((lab, self.label_groups[lab]) for lab in self.labels)
+        except ConfigError as e:
+            raise ModelIntegrityError(f"card.json of {self.name}: {e}") from None
 
     @property
     def groups(self) -> tuple[str, ...]:

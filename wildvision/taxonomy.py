@@ -11,8 +11,9 @@ Two levels:
 
 A model predicts fine labels (the ``labels`` of its card); group probabilities are the sum of
 the probabilities of the fine labels in that group. A model may be trained on a subset of the
-fine labels, or on new fine labels added by :func:`register_label` (a retraining run records
-them in its card, so the card stays self-describing).
+fine labels, or on new fine labels with their groups: a retraining run records them in its card,
+so the card stays self-describing (loading a card checks its labels with
+:func:`check_label_groups` and changes nothing here).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ __all__ = [
     "GROUPS",
     "FineLabel",
     "Group",
+    "builtin_label",
+    "check_label_groups",
     "fine_label",
     "group_of",
     "labels_in_group",
@@ -148,6 +151,7 @@ _BUILTIN: tuple[FineLabel, ...] = (
 )
 
 _REGISTRY: dict[str, FineLabel] = {f.name: f for f in _BUILTIN}
+_BUILTIN_BY_NAME: dict[str, FineLabel] = dict(_REGISTRY)  # never changes
 FINE_LABELS: tuple[str, ...] = tuple(f.name for f in _BUILTIN)
 
 
@@ -198,14 +202,30 @@ def register_label(label: FineLabel) -> FineLabel:
     return _REGISTRY[label.name]
 
 
-def ensure_labels(label_groups: Iterable[tuple[str, str]]) -> None:
-    """Make sure each ``(fine_label, group)`` pair is known, registering new ones."""
+def builtin_label(name: str) -> FineLabel | None:
+    """The built-in :class:`FineLabel` called ``name``, or None (labels added at run time by
+    :func:`register_label` are not built in)."""
+    return _BUILTIN_BY_NAME.get(name)
+
+
+def check_label_groups(label_groups: Iterable[tuple[str, str]]) -> None:
+    """Check ``(fine_label, group)`` pairs (a model card's mapping) without changing the
+    taxonomy: a built-in label keeps its built-in group; a new label needs a known group and a
+    lower_snake_case name. Two cards may map the same new label to different groups.
+
+    Raises:
+        ConfigError: the first pair that fails, with the reason.
+    """
     for name, group in label_groups:
-        if name in _REGISTRY:
-            if _REGISTRY[name].group != group:
+        if group not in GROUP_NAMES:
+            raise ConfigError(f"label {name!r}: unknown group {group!r}; groups: "
+                              f"{', '.join(GROUP_NAMES)}")
+        known = _BUILTIN_BY_NAME.get(name)
+        if known is not None:
+            if known.group != group:
                 raise ConfigError(
-                    f"label {name!r} is in group {_REGISTRY[name].group!r} in the taxonomy "
+                    f"label {name!r} is in group {known.group!r} in the taxonomy "
                     f"but {group!r} in the model card"
                 )
-        else:
-            register_label(FineLabel(name, group, "added by a model card or recipe"))
+        elif not name.isidentifier() or name != name.lower():
+            raise ConfigError(f"fine label {name!r} must be lower_snake_case")
