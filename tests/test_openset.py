@@ -205,3 +205,14 @@ def test_training_adds_the_gate_through_the_same_path(tiny_model_dir: Path,
     shutil.copytree(tiny_model_dir, pkg2)
     assert _add_open_set(pkg2, only_train, None, recipe, False) is None
     assert FAMILIARITY_FILE not in load_package(pkg2).card.files
+
+
+def test_familiarity_is_a_cosine_never_above_one() -> None:
+    """A photo equal to a training photo scores 1, not 1.0002 (float16 references are unit
+    vectors only to within rounding); what the CSV/JSON output shows is in [-1, 1]."""
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(50, 32)).astype(np.float32)
+    gate, _ = build_familiarity(train, {"ivory": train[:5]}, dims=16)
+    s = gate.score(train)
+    assert s.max() == np.float32(1.0) and s.min() > 0.99
+    assert gate.score(-train).min() >= -1.0

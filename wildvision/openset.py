@@ -88,7 +88,9 @@ class OpenSetGate:
 
     def score(self, embeddings: NDArray[np.floating], chunk: int = 256) -> NDArray[np.float32]:
         """Cosine similarity of each embedding (rows, D wide) to its nearest reference,
-        in [-1, 1]; higher is more familiar."""
+        in [-1, 1]; higher is more familiar. The float16 references are unit vectors only to
+        within their rounding, so a raw dot product can exceed 1 by ~1e-4: scores are clipped
+        to [-1, 1], the range a cosine has."""
         e = np.atleast_2d(np.asarray(embeddings, dtype=np.float32))
         if e.shape[1] != self.projection.shape[1]:
             raise ConfigError(f"familiarity: embeddings are {e.shape[1]} wide, the reference "
@@ -99,6 +101,7 @@ class OpenSetGate:
             z = unit_rows(unit_rows(e) @ self.projection.T)
             for i in range(0, len(z), chunk):
                 out[i:i + chunk] = (z[i:i + chunk] @ refs.T).max(axis=1)
+        np.clip(out, -1.0, 1.0, out=out)
         return out
 
     def below(self, score: float, group: str) -> bool:
