@@ -17,6 +17,7 @@ import pytest
 from wildvision import __version__
 from wildvision.cli import CSV_FIELDS, collect_inputs, main
 from wildvision.modelpack import load_package
+from wildvision.registry import resolve_model
 
 from conftest import ZooItem, mixed_inputs
 
@@ -258,7 +259,7 @@ def test_models_list_and_show(tiny_model_dir: Path, tmp_path: Path,
     assert row[0] == "tiny-copy (default)" and row[1] == "0.0.1"
     assert row[2].split(",")[0] == "ivory" and row[3] == str(root / "tiny-copy")
 
-    assert main(["models", "show", str(tiny_model_dir)]) == 0
+    assert main(["models", "show", str(tiny_model_dir), "--full"]) == 0
     shown = capsys.readouterr().out
     assert shown.strip() == (tiny_model_dir / "README.md").read_text(encoding="utf-8").strip()
     assert shown.startswith("# tiny-test 0.0.1")
@@ -267,6 +268,40 @@ def test_models_list_and_show(tiny_model_dir: Path, tmp_path: Path,
     assert card == load_package(tiny_model_dir).card.to_dict()
     assert main(["models", "show", "no-such-model"]) == 1
     assert "tiny-copy" in capsys.readouterr().err  # the names it knows
+
+
+def test_models_show_prints_a_summary_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+    """The default model's full card is over a thousand lines; ``show`` prints a screenful
+    drawn from card.json, and says how to get the rest."""
+    pkg = resolve_model("wildvision-base")
+    card = pkg.card
+    assert main(["models", "show", "wildvision-base"]) == 0
+    shown = capsys.readouterr().out
+    lines = shown.splitlines()
+    assert len(lines) < 40
+    assert lines[0] == f"{card.name} {card.version}"
+    flag = card.thresholds["ivory"].flag
+    assert f"ivory flag {flag:.3f}" in shown
+    head = card.metrics["reference_test"]["headline"]["macro_f1_group"]
+    assert f"macro_f1_group: {head['value']:.4f}" in shown
+    onnx_mb = (pkg.path / "model.onnx").stat().st_size / 1e6
+    assert f"model.onnx ({onnx_mb:.1f} MB)" in shown
+    assert "wildvision models show wildvision-base --full" in lines[-1]
+    assert main(["models", "show", "wildvision-base", "--full", "--json"]) == 2
+
+
+def test_models_show_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    """``wildvision models show NAME --full | head``: the reader closes the pipe early; the
+    command stops without an error message (it printed ``[Errno 32] Broken pipe``)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from wildvision.cli import main; "
+         "sys.exit(main(sys.argv[1:]))", "models", "show", "wildvision-base", "--full"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # like `head` exiting before the card is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, err
+    assert err == ""
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

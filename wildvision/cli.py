@@ -247,7 +247,7 @@ def _cmd_models_show(args: argparse.Namespace) -> int:
     pkg = load_model(args.name)
     if args.json:
         print(json.dumps(pkg.card.to_dict(), indent=2))
-    else:
+    elif args.full:
         readme = pkg.path / "README.md"
         if readme.is_file():
             print(readme.read_text(encoding="utf-8"))
@@ -255,6 +255,11 @@ def _cmd_models_show(args: argparse.Namespace) -> int:
             from .modelcard_md import render_card
 
             print(render_card(pkg.card))
+    else:
+        from .modelcard_md import render_summary
+
+        print(render_summary(pkg.card, pkg.path))
+        print(f"the whole card: wildvision models show {args.name} --full (Markdown) or --json")
     return 0
 
 
@@ -298,9 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     msub = m.add_subparsers(dest="models_command", metavar="ACTION")
     ml = msub.add_parser("list", help="list installed models")
     ml.set_defaults(func=_cmd_models_list)
-    ms = msub.add_parser("show", help="print a model's card")
+    ms = msub.add_parser("show", help="print a summary of a model's card")
     ms.add_argument("name", help="model name, folder or hf://org/name")
-    ms.add_argument("--json", action="store_true", help="print card.json instead of the README")
+    how = ms.add_mutually_exclusive_group()
+    how.add_argument("--full", action="store_true", help="print the whole card (README.md)")
+    how.add_argument("--json", action="store_true", help="print card.json")
     ms.set_defaults(func=_cmd_models_show)
 
     for _name, modname in _PLUGINS.items():
@@ -341,6 +348,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        # The reader closed stdout (`| head`): stop quietly, as other command-line tools do.
+        # Point stdout at /dev/null so that the interpreter's final flush does not fail too.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, the status a shell reports for such a command
     except ConfigError as e:
         if args.debug:
             raise

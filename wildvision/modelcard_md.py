@@ -12,7 +12,7 @@ from typing import Any
 from .modelpack import WEIGHT_SUFFIXES, ModelCard, sha256_file
 from .taxonomy import GROUP_NAMES, builtin_label
 
-__all__ = ["render_card", "write_card"]
+__all__ = ["render_card", "render_summary", "write_card"]
 
 
 def _fmt(v: Any) -> str:
@@ -333,3 +333,64 @@ def write_card(package_dir: str | Path, card: ModelCard, *, rehash: bool = True)
     )
     (root / "README.md").write_text(render_card(card), encoding="utf-8")
     return card
+
+
+# Headline metrics a summary shows, in this order, when the block has them.
+_SUMMARY_METRICS = ("macro_f1_group", "macro_f1_fine", "flag_precision", "flag_recall",
+                    "false_flag_rate", "ece_top_label")
+
+
+def _size(path: Path) -> str:
+    try:
+        n = path.stat().st_size
+    except OSError:
+        return "missing"
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+
+
+def render_summary(card: ModelCard, path: str | Path | None = None) -> str:
+    """A screenful about a model (what ``wildvision models show NAME`` prints): name, version,
+    groups, thresholds, gate, files, the test headline; :func:`render_card` has everything.
+
+    Args:
+        card: the model card.
+        path: the package folder, to show file sizes (optional).
+    """
+    ex = dict(card.extra)
+    lines = [f"{card.name} {card.version}"]
+    if card.description.strip():
+        lines.append(card.description.strip())
+    lines.append("")
+    if card.arch:
+        lines.append(f"architecture: {card.arch}, {card.preprocess.input_size} px input")
+    per_group = {g: sum(1 for lab in card.labels if card.label_groups[lab] == g)
+                 for g in card.groups}
+    lines.append(f"labels: {len(card.labels)} ("
+                 + ", ".join(f"{g} {n}" for g, n in per_group.items()) + ")")
+    lines.append("thresholds: " + ("; ".join(
+        f"{g} flag {t.flag:.3f} review {t.review:.3f}" for g, t in card.thresholds.items())
+        or "defaults"))
+    fam = ex.get("familiarity")
+    if isinstance(fam, Mapping) and isinstance(fam.get("thresholds"), Mapping):
+        lines.append("open-set gate: " + "; ".join(
+            f"{g} {float(t):.3f}" for g, t in fam["thresholds"].items()))
+    else:
+        lines.append("open-set gate: none")
+    root = Path(path) if path is not None else None
+    lines.append("files: " + ", ".join(
+        f"{n} ({_size(root / n)})" if root is not None else n for n in card.files))
+    lines.append(f"licence of the weights: {card.license or 'not stated'}")
+    test_key = next((k for k in ("reference_test", "test") if isinstance(
+        card.metrics.get(k), Mapping) and isinstance(card.metrics[k].get("headline"), Mapping)),
+        None)
+    if test_key is not None:
+        block = card.metrics[test_key]
+        head = block["headline"]
+        data = block.get("data") or {}
+        lines += ["", f"{test_key} ({data.get('images', '?')} images, "
+                  f"`{block.get('command', '')}`):"]
+        lines += [f"  {k}: {_ci_cell(head[k])}" for k in _SUMMARY_METRICS if k in head]
+    others = [k for k in card.metrics if k != test_key]
+    if others:
+        lines += ["", f"other metric blocks: {', '.join(others)}"]
+    return "\n".join(lines) + "\n"
