@@ -11,7 +11,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pytest
@@ -108,11 +108,25 @@ def tiny_model_dir() -> Path:
     return TINY_MODEL_DIR
 
 
+REQUIRE_DATA_ENV = "WILDVISION_REQUIRE_DATA"
+
+
+def missing_data(reason: str) -> NoReturn:
+    """Skip a test whose real photos are absent; fail it instead when
+    ``$WILDVISION_REQUIRE_DATA`` is set (CI sets it: the data is always there, so its absence
+    is a broken setup that must not pass as a skip)."""
+    if os.environ.get(REQUIRE_DATA_ENV, "").strip() not in ("", "0"):
+        pytest.fail(f"{reason} (${REQUIRE_DATA_ENV} is set: the real photos are required)",
+                    pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The real photos in ``../shared/data`` (next to the repository), or skip."""
+    """The real photos in ``../shared/data`` (next to the repository), or skip (fail under
+    ``$WILDVISION_REQUIRE_DATA``)."""
     if not (SHARED_DATA.is_dir() and (SHARED_DATA / "manifest.csv").is_file()):
-        pytest.skip("../shared/data not found")
+        missing_data(f"real photos not found at {SHARED_DATA}")
     return SHARED_DATA
 
 

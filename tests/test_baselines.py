@@ -34,6 +34,8 @@ from wildvision.train.weights import (  # noqa: E402
     imagenet_labels,
 )
 
+from conftest import missing_data  # noqa: E402
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LITE0 = "tf_efficientnet_lite0"
 
@@ -224,8 +226,8 @@ def test_real_photos_get_summed_imagenet_probabilities(
     tigers_dir = SHARED / "bigcats" / "live_tiger"
     cats_dir = SHARED / "dogs_vs_cats" / "domestic_cat"
     if not tigers_dir.is_dir() or not cats_dir.is_dir():
-        pytest.skip(f"real photos not found under {SHARED} (bigcats/live_tiger, "
-                    "dogs_vs_cats/domestic_cat)")
+        missing_data(f"real photos not found under {SHARED} (bigcats/live_tiger, "
+                     "dogs_vs_cats/domestic_cat)")
     tigers = sorted(tigers_dir.iterdir())[:2]
     cats = sorted(cats_dir.iterdir())[:2]
     preds = _check_against_torch(package, imagenet_model, classifier, tigers + cats)

@@ -21,6 +21,8 @@ from wildvision.data.phash import hashes_to_array, near_pairs_bruteforce
 from wildvision.data.split import DEFAULT_PHASH_THRESHOLD, SplitConfig, leakage, split_rows
 from wildvision.taxonomy import fine_label
 
+from conftest import missing_data
+
 REPO = Path(__file__).resolve().parents[1]
 REF = REPO / "datasets" / "wildvision-ref"
 SHARED = REPO.parent / "shared" / "data"
@@ -132,10 +134,12 @@ def test_label_map_covers_every_dataset_label(ref: Manifest) -> None:
             "scene": "background_scene", "yin_yang": "everyday_object",
             "animal_print_rug_zebra_printed": "animal_print_textile", "live_loris": "live_loris"}
     assert {k: lm.labels[k] for k in spot} == spot
-    if SHARED.is_dir():  # every label folder of the real data, not only those in the manifest
-        folders = {(s.name, lab.name) for s in SHARED.iterdir() if s.is_dir()
-                   for lab in s.iterdir() if lab.is_dir()}
-        assert folders and lm.unknown(folders) == []
+    # every label folder of the real data, not only those in the manifest
+    if not SHARED.is_dir():
+        missing_data(f"real photos not found at {SHARED}")
+    folders = {(s.name, lab.name) for s in SHARED.iterdir() if s.is_dir()
+               for lab in s.iterdir() if lab.is_dir()}
+    assert folders and lm.unknown(folders) == []
 
 
 def test_dataset_json_points_at_the_shared_data() -> None:

@@ -133,3 +133,33 @@ def test_network_is_blocked_except_loopback() -> None:
     with a, b:
         a.sendall(b"unix")
         assert b.recv(4) == b"unix"
+
+
+def test_missing_real_data_fails_under_require_data(tmp_path: Path) -> None:
+    """Without ``../shared/data`` a real-data test skips; with ``WILDVISION_REQUIRE_DATA=1``
+    (CI) it fails. Run on a copy of this conftest.py in a folder with no data beside it."""
+    tests = tmp_path / "repo" / "tests"
+    tests.mkdir(parents=True)
+    (tests / "conftest.py").write_text((REPO_ROOT / "tests" / "conftest.py").read_text(
+        encoding="utf-8"), encoding="utf-8")
+    (tests / "test_real.py").write_text(textwrap.dedent("""
+        from pathlib import Path
+        from conftest import missing_data
+
+        def test_fixture(shared_data: Path) -> None:
+            assert shared_data.is_dir()
+
+        def test_helper() -> None:
+            missing_data("bigcats/live_tiger not found")
+        """), encoding="utf-8")
+    assert not (tmp_path / "shared").exists()
+    outcomes = {}
+    for value in ("", "1"):
+        env = {**os.environ, "WILDVISION_REQUIRE_DATA": value}
+        out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                              "-rsf", str(tests)], capture_output=True, text=True,
+                             cwd=tmp_path / "repo", timeout=120, env=env)
+        outcomes[value] = (out.returncode, out.stdout.strip().splitlines()[-1])
+    assert outcomes[""][0] == 0 and "2 skipped" in outcomes[""][1], outcomes
+    # the test fails, the fixture errors: neither is a skip
+    assert outcomes["1"][0] == 1 and "1 failed, 1 error" in outcomes["1"][1], outcomes

@@ -27,6 +27,8 @@ from wildvision.modelpack import load_package
 from wildvision.predict import Classifier, Prediction
 from wildvision.train import train
 
+from conftest import missing_data
+
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +44,7 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def shared_rows() -> list[dict[str, str]]:
     if not (SHARED / "manifest.csv").is_file():
-        pytest.skip(f"real photos not found at {SHARED}")
+        missing_data(f"real photos not found at {SHARED}")
     with open(SHARED / "manifest.csv", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 

@@ -24,6 +24,8 @@ from wildvision.train.weights import (  # noqa: E402
     resolve_weights,
 )
 
+from conftest import missing_data  # noqa: E402
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -69,7 +71,7 @@ def test_imagenet_head_recognises_real_tigers() -> None:
     _package_path("tf_efficientnet_lite0")
     tigers = SHARED / "bigcats" / "live_tiger"
     if not tigers.is_dir():
-        pytest.skip(f"real photos not found at {tigers}")
+        missing_data(f"real photos not found at {tigers}")
     files = sorted(tigers.iterdir())[:8]
     model, _w = imagenet_classifier("tf_efficientnet_lite0")
     cfg = PreprocessConfig(224)
@@ -145,7 +147,7 @@ def test_train_without_weights_fails_before_writing(tmp_path: Path) -> None:
     """train() with a backbone that has no weights fails with the weights error, after the
     data checks, without creating the run directory."""
     if not (SHARED / "manifest.csv").is_file():
-        pytest.skip(f"real photos not found at {SHARED}")
+        missing_data(f"real photos not found at {SHARED}")
     from wildvision.data.manifest import ManifestRow, write_manifest
     from wildvision.train import load_recipe, train
 
