@@ -163,3 +163,26 @@ def test_missing_real_data_fails_under_require_data(tmp_path: Path) -> None:
     assert outcomes[""][0] == 0 and "2 skipped" in outcomes[""][1], outcomes
     # the test fails, the fixture errors: neither is a skip
     assert outcomes["1"][0] == 1 and "1 failed, 1 error" in outcomes["1"][1], outcomes
+
+
+def test_build_requirements_and_the_export_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SPDX ``license = "Apache-2.0"`` string needs setuptools >= 77 (76 fails to read
+    the config); ``export`` has its own light extra with what int8 and Triton import (onnx,
+    and sympy for ONNX Runtime's shape inference), and its errors name it."""
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert isinstance(config["project"]["license"], str)
+    st = next(r for r in config["build-system"]["requires"] if r.startswith("setuptools"))
+    assert st.startswith("setuptools>=")
+    major = int(st.removeprefix("setuptools>=").split(".")[0])
+    assert major >= 77, st
+    extras = config["project"]["optional-dependencies"]
+    export = {d.split(">")[0].split("=")[0] for d in extras["export"]}
+    assert export == {"onnx", "sympy"}
+    assert "export" in extras["dev"][0]  # wildvision[...] in dev
+    from wildvision.errors import MissingExtraError
+    from wildvision.export.quantize import _quant_modules
+
+    monkeypatch.setitem(sys.modules, "sympy", None)  # as if not installed
+    with pytest.raises(MissingExtraError, match=r"wildvision\[export\]"):
+        _quant_modules()

@@ -89,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Quantize a package's model to INT8 with ONNX Runtime, calibrated on real "
         "images through the package's preprocessing; checks it against fp32 on held-out "
         "images and records method, image count and agreement in card.json. Select it with "
-        "`wildvision classify --precision int8`. Needs the onnx package ([train] extra).",
+        "`wildvision classify --precision int8`. Needs onnx and sympy ([export] extra).",
     )
     q.add_argument("package", metavar="PACKAGE_DIR", help="model package folder (modified)")
     q.add_argument("--calib", required=True, metavar="MANIFEST_OR_FOLDER",

@@ -11,7 +11,7 @@ slow for a convnet) and than per-tensor weights (depthwise convolutions need a s
 channel). ``reduce_range`` (7-bit weights) guards against the int16 saturation of uint8 x int8
 products on x86 CPUs without VNNI, as ONNX Runtime recommends.
 
-Needs the ``onnx`` package (``[train]`` extra) besides ONNX Runtime.
+Needs the ``onnx`` and ``sympy`` packages (``[export]`` extra) besides ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -55,9 +55,10 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".t
 def _quant_modules() -> Any:
     try:
         import onnx  # noqa: F401  (onnxruntime.quantization needs it)
+        import sympy  # noqa: F401  (its pre-processing's symbolic shape inference needs it)
         from onnxruntime import quantization
     except ImportError as e:
-        raise MissingExtraError("onnx", "train", "INT8 quantization") from e
+        raise MissingExtraError("onnx and sympy", "export", "INT8 quantization") from e
     return quantization
 
 

@@ -13,7 +13,7 @@ Layout written by :func:`export_triton`::
 Triton returns the raw ``logits``: preprocessing (``card.preprocess``), temperature scaling,
 group sums and thresholds are the client's job; docs/deployment.md gives the formulas.
 
-Needs the ``onnx`` package (``[train]`` extra) to read the graph.
+Needs the ``onnx`` package (``[export]`` extra) to read the graph.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def onnx_io(onnx_path: str | os.PathLike[str]) -> tuple[list[TensorSpec], list[T
     try:
         import onnx
     except ImportError as e:
-        raise MissingExtraError("onnx", "train", "the Triton export") from e
+        raise MissingExtraError("onnx", "export", "the Triton export") from e
     try:
         model = onnx.load(os.fspath(onnx_path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError & co.
