@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wildvision import Classifier, Failure
+from wildvision import Classifier, Failure, Prediction
 from wildvision.errors import ConfigError
+
+from conftest import photo_like
 
 TINY = Path(__file__).parent / "data" / "tiny-model"
 
@@ -212,3 +214,52 @@ def test_classify_dataset_rejects_bad_options(ray_session: Any) -> None:
         classify_dataset(["a.jpg"], model=str(TINY), thresholds={"nope": 0.5})
     with pytest.raises(ConfigError):
         classify_dataset([], model=str(TINY))
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_cli_engine_ray_with_the_default_package(ray_session: Any, shared_data: Path,
+                                                 tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped default package (with its open-set gate, familiarity.npz) on Ray: the same
+    decisions, familiarity and unfamiliar flags as the local core, gate on and off. With ivory
+    flagged at any probability, the generated photos (unlike every training photo) are the
+    ones the gate sends to review."""
+    import pyarrow.parquet as pq
+
+    from wildvision.cli import main
+
+    photos = [str(sorted((shared_data / d).iterdir())[5]) for d in
+              ("met_ivory/ivory_artifact", "met_ivory/ceramics", "bigcats/live_tiger")]
+    for seed in range(2):
+        path = tmp_path / f"generated{seed}.png"
+        photo_like(200, 150, seed=seed).save(path)
+        photos.append(str(path))
+    thresholds = {"ivory": {"flag": 0.0, "review": 0.0}}
+    monkeypatch.setenv("WILDVISION_RAY_ACTORS", "1")  # one model load per run is enough here
+    for open_set in (True, False):
+        out = tmp_path / f"open-set-{open_set}.parquet"
+        argv = ["classify", "--engine", "ray", *photos, "--output", str(out), "--threshold",
+                "ivory=0:0", "--no-progress", "--batch-size", "2"]
+        assert main([*argv, "--open-set" if open_set else "--no-open-set"]) == 0
+        table = pq.read_table(out)
+        assert {"familiarity", "unfamiliar"} <= set(table.column_names)
+        rows = {r["source"]: r for r in table.to_pylist()}
+        assert sorted(rows) == sorted(photos)
+        local = Classifier(None, thresholds=thresholds, open_set=open_set).classify_many(photos)
+        for res in local:
+            assert isinstance(res, Prediction)
+            row = rows[res.source]
+            assert row["decision"] == res.decision and row["model"] == "wildvision-base"
+            if open_set:
+                assert res.familiarity is not None
+                assert row["familiarity"] == pytest.approx(res.familiarity, abs=1e-5)
+                assert row["unfamiliar"] is res.unfamiliar
+            else:
+                assert row["familiarity"] is None and row["unfamiliar"] is None
+        decisions = [rows[p]["decision"] for p in photos]
+        if open_set:
+            assert decisions == ["flag"] * 3 + ["review"] * 2
+            assert [rows[p]["unfamiliar"] for p in photos] == [False] * 3 + [True] * 2
+        else:
+            assert decisions == ["flag"] * 5

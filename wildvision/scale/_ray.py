@@ -181,11 +181,12 @@ def result_row(result: Result, groups: Sequence[str]) -> dict[str, Any]:
     return row
 
 
-def _ship_package(package: ModelPackage, backend: str, precision: str) -> dict[str, Any]:
+def _ship_package(package: ModelPackage) -> dict[str, Any]:
     """What an actor needs to rebuild the model without the driver's filesystem: the card and
-    the weight file the backend reads (sha256-checked again on arrival)."""
-    name = package.onnx_file(precision).name if backend == "onnx" else "model.safetensors"
-    return {"card": package.card, "files": {name: package.file(name).read_bytes()}}
+    every file it lists (the weights of each precision and backend, the open-set gate's
+    ``familiarity.npz`` ...), sha256-checked again on arrival."""
+    return {"card": package.card,
+            "files": {name: package.file(name).read_bytes() for name in package.card.files}}
 
 
 class BatchClassifier:
@@ -309,7 +310,7 @@ def classify_dataset(
                         decode_workers=opts.decode_workers or 1)
     batch_size = opts.batch_size
     package = load_model(model)
-    shipped = _ship_package(package, opts.backend, opts.precision)
+    shipped = _ship_package(package)
     # Fail on bad options here, on the driver, rather than in every actor.
     Classifier(package, opts)
 
