@@ -419,3 +419,31 @@ def test_write_manifest_keeps_extra_columns(tmp_path: Path) -> None:
     assert back.rows[0].extra == {"licence": "CC0"} and back.rows[1].extra == {"licence": ""}
     write_manifest(p, rows, extra_fields=())
     assert "licence" not in p.read_text(encoding="utf-8")
+
+
+def test_index_then_use_the_manifest_from_another_folder(dataset: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    """``data index DIR --out elsewhere/m.csv`` then reading ``elsewhere/m.csv`` (train,
+    check ...) without ``--data-root``: the manifest records where DIR is (dataset.json beside
+    it), so every readable row's file is found."""
+    out = tmp_path / "elsewhere" / "m.csv"
+    assert main(["data", "index", str(dataset), "--out", str(out), "--labels",
+                 str(tmp_path / "labels.yaml")]) == 0
+    m = read_manifest(out)
+    assert m.root.resolve() == dataset.resolve()
+    readable = [r for r in m if r.readable]
+    assert len(readable) == 21 and all(m.abs_path(r).is_file() for r in readable)
+    assert main(["data", "check", str(out)]) == 0  # no "image files not found"
+    # the same root again, in the same folder: fine; another root there: refused, unwritten
+    assert main(["data", "index", str(dataset), "--out", str(out.with_name("m2.csv"))]) == 0
+    other = tmp_path / "other"
+    shutil.copytree(dataset / "shopA", other / "shopA")
+    capsys.readouterr()
+    assert main(["data", "index", str(other), "--out", str(out.with_name("m3.csv"))]) == 1
+    assert "dataset.json" in capsys.readouterr().err
+    assert not out.with_name("m3.csv").exists()
+    # a manifest written inside its own root needs no dataset.json
+    assert main(["data", "index", str(dataset), "--out", str(dataset / "index.csv")]) == 0
+    assert not (dataset / "dataset.json").exists()
+    assert read_manifest(dataset / "index.csv").root == dataset

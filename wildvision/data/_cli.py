@@ -141,10 +141,13 @@ def _run_index(args: argparse.Namespace) -> int:
     from ._progress import ProgressBar
     from .index import index_folder, walk_images
     from .labels import apply_label_map, load_label_map
-    from .manifest import write_manifest
+    from .manifest import record_data_root, write_manifest
 
     label_map = load_label_map(args.labels) if args.labels else None
     entries, ignored = walk_images(args.root, args.source)
+    # paths are relative to ROOT: a manifest written in another folder records where ROOT is
+    # in a dataset.json beside it (a conflicting one fails here, before the slow part)
+    record_data_root(args.out, args.root, check_only=True)
     if label_map is not None:  # fail before the slow part, listing every unknown label
         label_map.check_known((e.source, e.label) for e in entries)
     bar = ProgressBar(len(entries), _show_progress(args.progress), "index")
@@ -157,6 +160,10 @@ def _run_index(args: argparse.Namespace) -> int:
     if label_map is not None:
         rows = apply_label_map(rows, label_map)
     write_manifest(args.out, rows)
+    meta = record_data_root(args.out, args.root)
+    if meta is not None:
+        print(f"wrote {meta}: the manifest's paths are relative to {args.root}",
+              file=sys.stderr)
     stats = result.stats()
     stats["ignored_files"] = ignored
     if args.stats_out:

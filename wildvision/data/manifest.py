@@ -111,7 +111,7 @@ def _resolve_root(manifest_path: Path, data_root: str | os.PathLike[str] | None)
     env = os.environ.get("WILDVISION_DATA_ROOT")
     if env:
         return Path(env)
-    meta = manifest_path.parent / "dataset.json"
+    meta = manifest_path.parent / DATASET_META
     if meta.is_file():
         try:
             root = json.loads(meta.read_text(encoding="utf-8"))["data_root"]
@@ -120,6 +120,50 @@ def _resolve_root(manifest_path: Path, data_root: str | os.PathLike[str] | None)
         p = Path(root)
         return p if p.is_absolute() else (meta.parent / p)
     return manifest_path.parent
+
+
+DATASET_META = "dataset.json"  # beside a manifest: {"data_root": ...}, relative to itself
+
+
+def record_data_root(manifest_path: str | os.PathLike[str], data_root: str | os.PathLike[str],
+                     *, check_only: bool = False) -> Path | None:
+    """Make the manifest at ``manifest_path`` find its photos under ``data_root`` wherever it
+    is written: nothing to do when that is the manifest's own folder (or the
+    ``dataset.json`` beside it already points there); otherwise write ``dataset.json`` beside
+    it, with ``data_root`` relative to that folder (what :func:`read_manifest` reads).
+
+    Args:
+        manifest_path: the manifest CSV (need not exist yet).
+        data_root: the folder its relative paths start from.
+        check_only: only raise on a conflict; write nothing.
+
+    Returns:
+        The ``dataset.json`` written, or None.
+
+    Raises:
+        DataError: a ``dataset.json`` beside it points at another folder (it serves every
+            manifest there: write this one elsewhere, or edit that file).
+    """
+    folder = Path(manifest_path).resolve().parent
+    root = Path(data_root).resolve()
+    meta = folder / DATASET_META
+    if meta.is_file():
+        try:
+            current = json.loads(meta.read_text(encoding="utf-8"))["data_root"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DataError(f"{meta}: expected a JSON object with 'data_root' ({e})") from e
+        if (folder / current).resolve() == root:
+            return None
+        raise DataError(f"{meta} says the photos of the manifests in {folder} are under "
+                        f"{(folder / current).resolve()}, not {root}: write this manifest in "
+                        "another folder, or edit that file")
+    if root == folder or check_only:
+        return None
+    tmp = meta.with_name(meta.name + ".tmp")
+    tmp.write_text(json.dumps({"data_root": os.path.relpath(root, folder)}) + "\n",
+                   encoding="utf-8")
+    os.replace(tmp, meta)
+    return meta
 
 
 def read_manifest(path: str | os.PathLike[str],
