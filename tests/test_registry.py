@@ -131,3 +131,118 @@ def test_hub_model_from_the_offline_cache(tiny_model_dir: Path, tmp_path: Path) 
     # the package loaded from the cache is the tiny model, byte for byte
     snap = cache / "models--wildvision-test--tiny" / "snapshots" / commit
     assert load_package(snap).card == load_package(tiny_model_dir).card
+
+
+def _gated_copy(tiny_model_dir: Path, dst: Path) -> Path:
+    """The tiny model with an open-set gate (familiarity.npz listed in its card), as
+    ``wildvision export familiarity`` would add one."""
+    import numpy as np
+
+    from wildvision.modelcard_md import write_card
+    from wildvision.openset import FAMILIARITY_FILE, build_familiarity
+    from wildvision.predict import Classifier
+
+    from conftest import photo_like
+
+    shutil.copytree(tiny_model_dir, dst)
+    clf = Classifier(dst, return_embedding=True, open_set=False)
+    emb = np.stack([clf.classify(photo_like(80, 60, seed=s)).embedding for s in range(12)])
+    gate, record = build_familiarity(emb[:8], {"ivory": emb[8:]}, dims=4)
+    gate.save(dst / FAMILIARITY_FILE)
+    card = load_package(dst, verify=False).card
+    write_card(dst, card.with_updates(extra={**card.extra, "familiarity": record}))
+    assert FAMILIARITY_FILE in load_package(dst).card.files
+    return dst
+
+
+def test_hub_downloads_every_kind_of_file_a_card_lists(tiny_model_dir: Path,
+                                                       tmp_path: Path) -> None:
+    """What snapshot_download fetches, through huggingface_hub's own pattern filter: every
+    file of a package (the default package's familiarity.npz included; it was left out, so
+    hf:// packages with a gate failed 'listed file missing'), and nothing else."""
+    hub_utils = pytest.importorskip("huggingface_hub.utils")
+    from wildvision.modelpack import WEIGHT_SUFFIXES
+    from wildvision.registry import hub_allow_patterns, package_files
+
+    junk = ["model.pt", "weights.pkl", "model.ckpt", "notes.txt", ".gitattributes",
+            "pytorch_model.bin"]
+    for pkg in (resolve_model("wildvision-base"),
+                load_package(_gated_copy(tiny_model_dir, tmp_path / "gated"))):
+        files = package_files(pkg)
+        assert files[:2] == ["card.json", "README.md"] and set(files[2:]) == set(pkg.card.files)
+        fetched = list(hub_utils.filter_repo_objects([*files, *junk],
+                                                     allow_patterns=hub_allow_patterns()))
+        assert sorted(fetched) == sorted(files)
+        assert "familiarity.npz" in fetched
+    names = [f"x{suffix}" for suffix in WEIGHT_SUFFIXES]  # every kind a card may list
+    assert list(hub_utils.filter_repo_objects(names, allow_patterns=hub_allow_patterns())) \
+        == names
+
+
+def test_models_pull_from_the_offline_cache(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """``wildvision models pull hf://org/name --to DIR`` through snapshot_download (offline,
+    against a cache laid out here): DIR gets exactly the package's files, verified, and the
+    gate works from it."""
+    pytest.importorskip("huggingface_hub")
+    gated = _gated_copy(tiny_model_dir, tmp_path / "gated")
+    cache = tmp_path / "hf-cache"
+    commit = "89abcdef0123456789abcdef0123456789abcdef"
+    _hf_cache(cache, "wildvision-test/gated", gated, commit)
+    out = tmp_path / "pulled" / "gated"
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from wildvision.cli import main
+        from wildvision.predict import Classifier
+        assert main(["models", "pull", "hf://wildvision-test/gated", "--to", {str(out)!r}]) == 0
+        assert main(["models", "pull", "hf://wildvision-test/gated", "--to", {str(out)!r}]) == 2
+        assert main(["models", "pull", "hf://nobody/not-cached"]) == 1
+        from PIL import Image
+        pred = Classifier({str(out)!r}).classify(Image.new("RGB", (40, 30), (200, 10, 10)))
+        assert pred.familiarity is not None, pred
+        print("OK")
+        """
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
+           "HF_HOME": str(tmp_path / "hf-home")}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stdout + res.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["card.json", "README.md", *load_package(gated).card.files])  # no model.pt
+    assert load_package(out).card == load_package(gated).card
+    assert "exists" in res.stderr and "not-cached" in res.stderr
+
+
+def test_models_push_uploads_only_a_verified_package(tiny_model_dir: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]
+                                                     ) -> None:
+    """``wildvision models push DIR hf://org/name``: a package that does not verify is refused
+    before any Hub call; the upload selects the package's own files only (huggingface_hub's
+    filter, as upload_folder applies it); offline, the Hub call fails with a typed error."""
+    hub_utils = pytest.importorskip("huggingface_hub.utils")
+    from wildvision.cli import main
+    from wildvision.registry import _upload_patterns, package_files
+
+    pkg_dir = _gated_copy(tiny_model_dir, tmp_path / "pkg")
+    for junk in ("model.pt", "notes.txt", "sub/model.onnx", ".ipynb_checkpoints/card.json"):
+        (pkg_dir / junk).parent.mkdir(parents=True, exist_ok=True)
+        (pkg_dir / junk).write_bytes(b"not part of the package")
+    pkg = load_package(pkg_dir)
+    on_disk = sorted(p.relative_to(pkg_dir).as_posix() for p in pkg_dir.rglob("*")
+                     if p.is_file())
+    selected = list(hub_utils.filter_repo_objects(on_disk, allow_patterns=_upload_patterns(pkg)))
+    assert sorted(selected) == sorted(package_files(pkg))
+    # offline (the test suite's HF_HUB_OFFLINE=1): the Hub call itself fails, typed
+    assert main(["models", "push", str(pkg_dir), "hf://wildvision-test/pushed"]) == 1
+    assert "offline" in capsys.readouterr().err
+    # a bad target, and a package that does not verify: refused, nothing tried
+    assert main(["models", "push", str(pkg_dir), "wildvision-test/pushed"]) == 2
+    assert main(["models", "push", str(pkg_dir), "hf://a/b/c"]) == 2
+    capsys.readouterr()
+    data = bytearray((pkg_dir / "familiarity.npz").read_bytes())
+    data[-10] ^= 0xFF
+    (pkg_dir / "familiarity.npz").write_bytes(bytes(data))
+    assert main(["models", "push", str(pkg_dir), "hf://wildvision-test/pushed"]) == 1
+    err = capsys.readouterr().err
+    assert "sha256 mismatch" in err and "offline" not in err

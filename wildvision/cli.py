@@ -263,6 +263,23 @@ def _cmd_models_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models_push(args: argparse.Namespace) -> int:
+    from .registry import push_to_hub
+
+    url = push_to_hub(args.folder, args.repo, private=args.private, message=args.message)
+    print(url)
+    return 0
+
+
+def _cmd_models_pull(args: argparse.Namespace) -> int:
+    from .registry import pull_from_hub
+
+    pkg = pull_from_hub(args.repo, args.to)
+    print(pkg.path)
+    print(f"{pkg.card.name} {pkg.card.version}: verified", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wildvision",
@@ -309,6 +326,23 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--full", action="store_true", help="print the whole card (README.md)")
     how.add_argument("--json", action="store_true", help="print card.json")
     ms.set_defaults(func=_cmd_models_show)
+    mpush = msub.add_parser(
+        "push", help="upload a model package to the Hugging Face Hub ([hub] extra)",
+        description="Verify a package and upload its files (card.json, README.md and the "
+        "files the card lists, nothing else) to hf://org/name[@branch].")
+    mpush.add_argument("folder", help="the model package folder")
+    mpush.add_argument("repo", metavar="hf://org/name", help="the Hub repository")
+    mpush.add_argument("--private", action="store_true", help="create the repository private")
+    mpush.add_argument("--message", default=None, help="commit message (default: name version)")
+    mpush.set_defaults(func=_cmd_models_push)
+    mpull = msub.add_parser(
+        "pull", help="download a model package from the Hugging Face Hub and verify it",
+        description="Download hf://org/name[@revision] into the Hugging Face cache, verify "
+        "it, print its folder; --to copies it into a new folder.")
+    mpull.add_argument("repo", metavar="hf://org/name", help="the Hub repository")
+    mpull.add_argument("--to", metavar="DIR", default=None,
+                       help="copy the verified package into DIR (must not exist)")
+    mpull.set_defaults(func=_cmd_models_pull)
 
     for _name, modname in _PLUGINS.items():
         try:
@@ -338,7 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     if not getattr(args, "func", None):
         if args.command == "models":
-            print("wildvision models: error: needs an action: list, or show NAME",
+            print("wildvision models: error: needs an action: list, show NAME, push "
+                  "FOLDER hf://org/name, or pull hf://org/name",
                   file=sys.stderr)
         elif args.command == "match":
             print("wildvision match: error: needs an action: build, add, remove, merge, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DataError",
+    "HubError",
     "ImageTooLargeError",
     "IndexModelMismatchError",
     "InvalidImageError",
@@ -45,6 +46,10 @@ class ModelIntegrityError(WildvisionError):
 
 class ModelNotInstalledError(WildvisionError, LookupError):
     """No model was given and no default model is installed."""
+
+
+class HubError(WildvisionError, ConnectionError):
+    """A Hugging Face Hub operation failed: offline, unreachable, or refused (no access)."""
 
 
 class MissingExtraError(WildvisionError, ImportError):

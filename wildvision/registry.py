@@ -7,25 +7,34 @@ built-in model. Nothing is registered by import side effects.
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
 from .errors import (
+    ConfigError,
+    HubError,
     MissingExtraError,
     ModelIntegrityError,
     ModelNotInstalledError,
     UnknownModelError,
 )
-from .modelpack import ModelPackage, load_package
+from .modelpack import WEIGHT_SUFFIXES, ModelPackage, load_package
 
 __all__ = [
     "BUILTIN_DIR",
     "DEFAULT_MODEL",
     "builtin_models",
     "default_model_name",
+    "hub_allow_patterns",
     "installed_models",
     "load_model",
+    "package_files",
+    "pull_from_hub",
+    "push_to_hub",
     "resolve_model",
 ]
 
@@ -66,11 +75,42 @@ def default_model_name() -> str:
     return os.environ.get("WILDVISION_DEFAULT_MODEL", DEFAULT_MODEL)
 
 
-def _from_hub(spec: str) -> ModelPackage:
+def hub_allow_patterns() -> list[str]:
+    """What is fetched from a Hub repository: ``card.json``, ``README.md`` and every kind of
+    file a card may list (:data:`~wildvision.modelpack.WEIGHT_SUFFIXES`: weights and the
+    open-set gate's arrays); never a pickle, whatever else the repository holds."""
+    return ["card.json", "README.md", *(f"*{suffix}" for suffix in WEIGHT_SUFFIXES)]
+
+
+def package_files(package: ModelPackage) -> list[str]:
+    """The files that make up ``package``: ``card.json``, ``README.md`` (when present) and
+    every file its card lists, in that order (what :func:`push_to_hub` uploads)."""
+    names = ["card.json"]
+    if (package.path / "README.md").is_file():
+        names.append("README.md")
+    return names + sorted(package.card.files)
+
+
+def _upload_patterns(package: ModelPackage) -> list[str]:
+    """``allow_patterns`` for ``upload_folder``: the package's own files, by exact name."""
+    return [glob.escape(name) for name in package_files(package)]
+
+
+def _hub_spec(spec: str) -> tuple[str, str | None]:
+    """``hf://org/name[@revision]`` -> ``(org/name, revision)``."""
+    if not spec.startswith("hf://"):
+        raise ConfigError(f"{spec!r}: a Hub repository is written hf://org/name[@revision]")
     repo = spec.removeprefix("hf://")
     revision = None
     if "@" in repo:
         repo, revision = repo.split("@", 1)
+    if not repo or repo.count("/") > 1 or not all(repo.split("/")) or revision == "":
+        raise ConfigError(f"{spec!r}: a Hub repository is written hf://org/name[@revision]")
+    return repo, revision
+
+
+def _from_hub(spec: str) -> ModelPackage:
+    repo, revision = _hub_spec(spec)
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -80,8 +120,7 @@ def _from_hub(spec: str) -> ModelPackage:
         local = snapshot_download(
             repo_id=repo,
             revision=revision,
-            # Only the package's own files: never pickles, whatever else the repo holds.
-            allow_patterns=["card.json", "README.md", "*.onnx", "*.safetensors"],
+            allow_patterns=hub_allow_patterns(),
         )
     except LocalEntryNotFoundError as e:
         offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
@@ -96,6 +135,84 @@ def _from_hub(spec: str) -> ModelPackage:
     except (HfHubHTTPError, OSError, ValueError) as e:
         raise UnknownModelError(f"hub model {repo!r} could not be fetched: {e}") from e
     return load_package(local)
+
+
+def push_to_hub(package_dir: str | os.PathLike[str], spec: str, *, private: bool = False,
+                message: str | None = None) -> str:
+    """Upload a model package to a Hugging Face Hub repository (``[hub]`` extra).
+
+    The package is verified first (every listed file against its sha256) and only its own
+    files are uploaded (:func:`package_files`): nothing else in the folder, never a pickle.
+    Files of the package's kinds that the repository holds and the package does not list (a
+    previous version's ``model.int8.onnx``) are deleted in the same commit, so that the
+    repository holds exactly this package. The repository is created when missing.
+
+    Args:
+        package_dir: the package folder.
+        spec: ``hf://org/name`` (``@revision``: a branch, created when missing).
+        private: create the repository private.
+        message: the commit message (default: ``"<name> <version>"``).
+
+    Returns:
+        The URL of the commit.
+
+    Raises:
+        ModelIntegrityError: the package does not verify (nothing is uploaded).
+        ConfigError: ``spec`` is not ``hf://org/name[@revision]``.
+        MissingExtraError: huggingface-hub is not installed.
+        HubError: the Hub refused or could not be reached (offline mode included).
+    """
+    repo, revision = _hub_spec(spec)
+    package = load_package(Path(package_dir))
+    try:
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import HfHubHTTPError
+    except ImportError as e:
+        raise MissingExtraError("huggingface-hub", "hub", "pushing to the Hugging Face Hub") from e
+    card = package.card
+    api = HfApi()
+    try:
+        api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
+        if revision is not None:
+            api.create_branch(repo, branch=revision, repo_type="model", exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo, repo_type="model", revision=revision, folder_path=package.path,
+            allow_patterns=_upload_patterns(package),
+            delete_patterns=hub_allow_patterns(),
+            commit_message=message or f"{card.name} {card.version}",
+        )
+    except (HfHubHTTPError, OSError, ValueError) as e:
+        raise HubError(f"pushing {package.path} to hf://{repo} failed: {e}") from e
+    return str(info.commit_url)
+
+
+def pull_from_hub(spec: str, out: str | os.PathLike[str] | None = None) -> ModelPackage:
+    """Download a model package from the Hub into the local Hugging Face cache, verify it,
+    and optionally copy its files into the folder ``out`` (which must not exist yet; written
+    under a temporary name and renamed, so that it is complete or absent).
+
+    Raises:
+        UnknownModelError: not in the cache and the Hub cannot be reached, or no such repo.
+        ModelIntegrityError: the package does not verify.
+        ConfigError: ``out`` exists.
+    """
+    package = _from_hub(spec)
+    if out is None:
+        return package
+    dest = Path(out)
+    if dest.exists():
+        raise ConfigError(f"{dest} exists; pull into a new folder")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        for name in package_files(package):
+            shutil.copyfile(package.path / name, tmp / name)
+        load_package(tmp)  # the copy verifies too
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_package(dest, verify=False)  # just verified
 
 
 def load_model(spec: str | os.PathLike[str] | ModelPackage | None = None) -> ModelPackage:
