@@ -174,37 +174,54 @@ def test_export_familiarity_and_the_gate_in_predictions(tiny_model_dir: Path,
 
 def test_training_adds_the_gate_through_the_same_path(tiny_model_dir: Path,
                                                       tmp_path: Path) -> None:
-    """`wildvision train` ends with engine._add_open_set (recipe ``open_set``)."""
+    """`wildvision train` ends with engine._add_open_set (recipe ``open_set``), on the rows
+    and splits the trainer used: with a split column as given, and without one on the split
+    the trainer made (it used to re-read the manifest and find 0 'train' and 0 'val' rows)."""
     pytest.importorskip("torch")
+    from wildvision.train.data import prepare_data
     from wildvision.train.engine import _add_open_set
     from wildvision.train.recipe import parse_recipe
 
-    pkg = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, pkg)
-    card = json.loads((pkg / "card.json").read_text(encoding="utf-8"))
-    card["thresholds"]["ivory"] = {"flag": 0.0, "review": 0.0}
-    (pkg / "card.json").write_text(json.dumps(card), encoding="utf-8")
-    photos = _photos(tmp_path / "p", 12, 0)
-    manifest = tmp_path / "m.csv"
-    with open(manifest, "w", newline="", encoding="utf-8") as f:
+    def package(name: str, flag: float) -> Path:
+        pkg = tmp_path / name
+        shutil.copytree(tiny_model_dir, pkg)
+        card = json.loads((pkg / "card.json").read_text(encoding="utf-8"))
+        card["thresholds"]["ivory"] = {"flag": flag, "review": 0.0}
+        (pkg / "card.json").write_text(json.dumps(card), encoding="utf-8")
+        return pkg
+
+    rows = [(p, "ivory_carving", "train" if i < 16 else "val")
+            for i, p in enumerate(_photos(tmp_path / "ivory", 24, 0))]
+    rows += [(p, "clothing", "train" if i < 8 else "val")
+             for i, p in enumerate(_photos(tmp_path / "clothing", 12, 100))]
+    recipe = parse_recipe({"name": "x", "open_set": {"quantile": 0.25, "dims": 4}})
+    split = tmp_path / "m.csv"
+    with open(split, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["path", "fine_label", "split"])
-        w.writerows([str(p), "ivory_carving", "train" if i < 8 else "val"]
-                    for i, p in enumerate(photos))
-    recipe = parse_recipe({"name": "x", "open_set": {"quantile": 0.25, "dims": 4}})
-    got = _add_open_set(pkg, manifest, None, recipe, False)
+        w.writerows([str(p), label, sp] for p, label, sp in rows)
+    got = _add_open_set(package("model", 0.0), split, prepare_data(split, recipe), recipe,
+                        False)
     assert got is not None and got.extra["familiarity"]["dims"] == 4
     # the group comes from the fine label
-    assert got.extra["familiarity"]["validation_positives"]["ivory"] == 4
+    assert got.extra["familiarity"]["validation_positives"]["ivory"] == 8
+    assert got.extra["familiarity"]["references"] == 24
     assert got.extra["familiarity"]["quantile"] == 0.25
-    # no validation rows: skipped with a warning, the package untouched
-    only_train = tmp_path / "t.csv"
-    only_train.write_text("path,fine_label,split\n" + "".join(
-        f"{p},ivory_carving,train\n" for p in photos[:8]), encoding="utf-8")
-    pkg2 = tmp_path / "model2"
-    shutil.copytree(tiny_model_dir, pkg2)
-    assert _add_open_set(pkg2, only_train, None, recipe, False) is None
-    assert FAMILIARITY_FILE not in load_package(pkg2).card.files
+    # no split column: the trainer carves validation out of train, and the gate uses that
+    unsplit = tmp_path / "unsplit.csv"
+    unsplit.write_text("path,fine_label\n" + "".join(
+        f"{p},{label}\n" for p, label, _ in rows), encoding="utf-8")
+    data = prepare_data(unsplit, recipe)
+    assert data.auto_split and data.val and data.train
+    got = _add_open_set(package("model-unsplit", 0.0), unsplit, data, recipe, False)
+    assert got is not None, "open-set gate not added"
+    assert got.extra["familiarity"]["references"] == len(data.train)
+    assert got.extra["familiarity"]["validation_positives"]["ivory"] == sum(
+        s.row.fine_label == "ivory_carving" for s in data.val)
+    # nothing correctly flagged on validation: skipped with a warning, the package untouched
+    pkg = package("model-none", 1.0)
+    assert _add_open_set(pkg, split, prepare_data(split, recipe), recipe, False) is None
+    assert FAMILIARITY_FILE not in load_package(pkg).card.files
 
 
 def test_familiarity_is_a_cosine_never_above_one() -> None:

@@ -247,6 +247,11 @@ def test_head_only_adds_two_new_classes(shared_rows: list[dict[str, str]],
     assert card.training["new_labels"] == {"bone_beads": "benign", "buffalo_horn_raw": "benign"}
     assert card.training["train_counts"] == {lab: 16 for lab in card.labels}
     assert any("no validation split" in n for n in card.training["notes"])
+    # the open-set gate is built on the split the trainer made (the manifest has none): its
+    # references are the 4 x 16 training photos
+    fam = card.extra.get("familiarity")
+    assert isinstance(fam, dict), "open-set gate not added"
+    assert fam["references"] == 64 and (res.package_dir / "familiarity.npz").is_file()
     fit = _jsonl(tmp_path / "run" / "metrics.jsonl")[0]
     assert fit["mode"] == "head_only" and fit["embeddings_computed"] == 80
 

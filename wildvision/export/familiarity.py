@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from ..errors import ConfigError, DataError
 from ..modelcard_md import write_card
 from ..modelpack import load_package
 from ..openset import FAMILIARITY_FILE, build_familiarity
+
+if TYPE_CHECKING:
+    from ..data.manifest import Manifest
 
 __all__ = ["add_familiarity"]
 
@@ -45,19 +48,25 @@ def _embed(clf: Any, paths: Sequence[str], what: str, show: bool
 def add_familiarity(package_dir: str | os.PathLike[str], manifest: str | os.PathLike[str], *,
                     train_split: str = "train", val_split: str = "val", dims: int = 256,
                     quantile: float = 0.01, data_root: str | os.PathLike[str] | None = None,
-                    command: str = "", show: bool = True) -> dict[str, Any]:
+                    command: str = "", show: bool = True,
+                    manifest_rows: Manifest | None = None) -> dict[str, Any]:
     """Write ``familiarity.npz`` into a package and record the gate in its card.
 
     The reference set is every readable ``train_split`` image of ``manifest`` (the images the
     model was trained on); the threshold is the ``quantile`` of the familiarity of the
     ``val_split`` images whose true group the model flags. Returns the card record.
+
+    ``manifest_rows``: the manifest's rows as a trainer used them (``wildvision train``
+    passes its own, whose splits it may have made itself when the manifest has none);
+    default: read ``manifest``.
     """
     from ..data.manifest import read_manifest
     from ..predict import Classifier
 
     package_dir = Path(package_dir)
     pkg = load_package(package_dir)
-    m = read_manifest(manifest, data_root=data_root)
+    m = (manifest_rows if manifest_rows is not None
+         else read_manifest(manifest, data_root=data_root))
     train = [r for r in m if r.split == train_split and r.readable]
     val = [r for r in m if r.split == val_split and r.readable]
     if not train or not val:

@@ -222,6 +222,6 @@ def train(
         raise
     card = _finish(model, data, rec, cfg, out_dir, w, info, show, embeddings)
     if rec.open_set.enabled:
-        card = _add_open_set(out_dir / "package", manifest, data_root, rec, show) or card
+        card = _add_open_set(out_dir / "package", manifest, data, rec, show) or card
     return TrainResult(out_dir, out_dir / "package", card, int(info.get("epochs_run", 0)),
                        info.get("best_epoch"), round(time.perf_counter() - t_start, 2))

@@ -10,6 +10,7 @@ import platform
 import shlex
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -206,17 +207,20 @@ def _finish(model: WildvisionNet, data: TrainData, recipe: Recipe, cfg: Preproce
     return card
 
 
-def _add_open_set(pkg: Path, manifest: str | os.PathLike[str],
-                  data_root: str | os.PathLike[str] | None, recipe: Recipe, show: bool
-                  ) -> ModelCard | None:
-    """The open-set gate from the package's own ONNX model (``recipe.open_set``)."""
+def _add_open_set(pkg: Path, manifest: str | os.PathLike[str], data: TrainData,
+                  recipe: Recipe, show: bool) -> ModelCard | None:
+    """The open-set gate from the package's own ONNX model (``recipe.open_set``), on the
+    rows and splits this run trained and validated on (a split made here when the manifest
+    has none)."""
     from ..export.familiarity import add_familiarity
 
     t0 = time.perf_counter()
     o = recipe.open_set
+    used = replace(data.manifest, rows=tuple(s.row for s in (*data.train, *data.val,
+                                                              *data.test)))
     try:
         rec = add_familiarity(pkg, manifest, dims=o.dims, quantile=o.quantile,
-                              data_root=data_root, show=show,
+                              manifest_rows=used, show=show,
                               command=f"wildvision train (recipe open_set: quantile {o.quantile}"
                                       f", dims {o.dims})")
     except ConfigError as e:
