@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -110,19 +111,27 @@ def test_reads_ahead_a_bounded_number_of_images(clf: Classifier, photo_files: li
     assert src.taken <= n + bound
 
 
+@pytest.mark.parametrize("slow_decode", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_model_runs_overlap_up_to_two(tiny_model_dir: Path, photo_files: list[Path],
-                                      threads: int) -> None:
+                                      threads: int, slow_decode: bool) -> None:
+    """Two model runs at once with 2+ threads, one with 1. A run waits until a second one is
+    running (with 2 threads; up to 20 s) instead of sleeping a fixed time, so a busy machine
+    (here: images that take 50 ms each to decode) cannot make the overlap come too late."""
     clf = Classifier(tiny_model_dir, threads=threads, decode_workers=2)
     run = clf.backend.run
     active, peak, lock = 0, 0, threading.Lock()
+    overlapped = threading.Event()
 
     def slow_run(batch: np.ndarray) -> dict[str, np.ndarray]:
         nonlocal active, peak
         with lock:
             active += 1
             peak = max(peak, active)
-        time.sleep(0.02)  # long enough for the other run to start if it may
+            if active >= 2:
+                overlapped.set()
+        # with one run allowed a second never comes: a short wait gives a wrong one a chance
+        overlapped.wait(20.0 if threads >= 2 else 0.05)
         try:
             return run(batch)
         finally:
@@ -130,6 +139,14 @@ def test_model_runs_overlap_up_to_two(tiny_model_dir: Path, photo_files: list[Pa
                 active -= 1
 
     clf.backend.run = slow_run  # type: ignore[method-assign]
+    if slow_decode:
+        prepare = clf._prepare
+
+        def slow_prepare(*args: Any, **kwargs: Any) -> Any:
+            time.sleep(0.05)
+            return prepare(*args, **kwargs)
+
+        clf._prepare = slow_prepare  # type: ignore[method-assign]
     sources = [str(p) for p in photo_files[:40]]
     results = clf.classify_many(sources, batch_size=4)
     assert [r.source for r in results] == sources and all(r.ok for r in results)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,39 @@ def wait_until(pred: Any, timeout: float = 20.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.01)
+
+
+@pytest.fixture
+def late_access_log() -> Iterator[None]:
+    """The access-log line is written after the response has gone out, so a client can read
+    its response before the line exists: make it always late (0.3 s), so that a test reading
+    the log at once fails every time instead of now and then."""
+
+    def delay(record: logging.LogRecord) -> bool:
+        time.sleep(0.3)
+        return True
+
+    logger = logging.getLogger("wildvision.serve.access")
+    logger.addFilter(delay)
+    yield
+    logger.removeFilter(delay)
+
+
+def access_lines(caplog: pytest.LogCaptureFixture, request_ids: Sequence[str]
+                 ) -> dict[str, list[logging.LogRecord]]:
+    """The access-log records of these request ids, once each has at least one (the lines
+    are written after the responses, in the server's thread)."""
+
+    def lines() -> dict[str, list[logging.LogRecord]]:
+        out: dict[str, list[logging.LogRecord]] = {}
+        for rec in list(caplog.records):
+            rid = getattr(rec, "fields", {}).get("request_id")
+            if rec.name == "wildvision.serve.access" and rid in request_ids:
+                out.setdefault(rid, []).append(rec)
+        return out
+
+    wait_until(lambda: len(lines()) == len(set(request_ids)))
+    return lines()
 
 
 # -- basic endpoints ---------------------------------------------------------------------------
@@ -228,7 +261,8 @@ def test_bad_images_get_422_with_typed_error(server: tuple[str, Any], payload: A
 
 
 def test_oversize_bodies_get_413_while_streaming(server: tuple[str, Any],
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+                                                 caplog: pytest.LogCaptureFixture,
+                                                 late_access_log: None) -> None:
     url, app = server
     limit = app.state.wildvision.config.max_body_bytes
     size = 3_000_000  # 15x the limit
@@ -247,8 +281,7 @@ def test_oversize_bodies_get_413_while_streaming(server: tuple[str, Any],
             assert r.json()["error_type"] == "PayloadTooLarge"
         # the connection and the server are fine afterwards
         assert c.post("/v1/classify", content=jpeg(3)).status_code == 200
-    logged = [rec.fields for rec in caplog.records if getattr(rec, "fields", {}).get(
-        "request_id") == "big-1"]
+    logged = [rec.__dict__["fields"] for rec in access_lines(caplog, ["big-1"])["big-1"]]
     assert len(logged) == 1
     assert logged[0]["status"] == 413
     # refused as soon as the count passed the limit, not after reading all 3 MB
@@ -365,7 +398,8 @@ def test_no_auth_when_no_keys(server: tuple[str, Any]) -> None:
 
 
 def test_request_ids_and_one_json_log_line_per_request(
-        server: tuple[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+        server: tuple[str, Any], caplog: pytest.LogCaptureFixture,
+        late_access_log: None) -> None:
     url, _ = server
     caplog.set_level(logging.INFO, logger="wildvision.serve.access")
     r1 = httpx.post(url + "/v1/classify", content=jpeg(0), headers={"X-Request-ID": "abc-123"})
@@ -379,11 +413,9 @@ def test_request_ids_and_one_json_log_line_per_request(
     from wildvision.serve import JsonLogFormatter
 
     fmt = JsonLogFormatter()
-    lines = {}
-    for rec in caplog.records:
-        if rec.name == "wildvision.serve.access":
-            d = json.loads(fmt.format(rec))  # what the CLI writes to stderr
-            lines.setdefault(d["request_id"], []).append(d)
+    ids = ["abc-123", generated, r3.headers["x-request-id"]]
+    lines = {rid: [json.loads(fmt.format(rec)) for rec in recs]  # what the CLI writes to stderr
+             for rid, recs in access_lines(caplog, ids).items()}
     ok = lines["abc-123"]
     assert len(ok) == 1
     assert ok[0]["path"] == "/v1/classify" and ok[0]["status"] == 200
