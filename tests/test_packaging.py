@@ -158,7 +158,7 @@ def test_missing_real_data_fails_under_require_data(tmp_path: Path) -> None:
         env = {**os.environ, "WILDVISION_REQUIRE_DATA": value}
         out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                               "-rsf", str(tests)], capture_output=True, text=True,
-                             cwd=tmp_path / "repo", timeout=120, env=env)
+                             cwd=tmp_path / "repo", timeout=600, env=env)
         outcomes[value] = (out.returncode, out.stdout.strip().splitlines()[-1])
     assert outcomes[""][0] == 0 and "2 skipped" in outcomes[""][1], outcomes
     # the test fails, the fixture errors: neither is a skip
