@@ -186,3 +186,28 @@ def test_build_requirements_and_the_export_extra(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "sympy", None)  # as if not installed
     with pytest.raises(MissingExtraError, match=r"wildvision\[export\]"):
         _quant_modules()
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    """The README's second command works in the venv the first one made (it installs the test
+    tools itself; plain ``python -m pytest`` failed there with 'No module named pytest') and
+    runs ruff and mypy --strict too; ``.ci/run`` runs exactly that line."""
+    import re
+
+    tomllib = pytest.importorskip("tomllib")
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## The two commands", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)\n```", section, re.S)
+    assert len(blocks) == 2, blocks
+    first, second = blocks
+    assert "pip install ." in first and "wildvision classify" in first
+    steps = second.split(" && ")
+    assert steps[0] == 'pip install -e ".[dev]"', second
+    assert {"ruff check .", "mypy wildvision", "python -m pytest"} <= set(steps[1:])
+    ci = (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert second in ci
+    assert ci.index("export WILDVISION_REQUIRE_DATA=1") < ci.index(second)
+    config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    dev = {d.split(">")[0].split("=")[0] for d in config["project"]["optional-dependencies"]["dev"]}
+    assert {"pytest", "ruff", "mypy"} <= dev
+    assert config["tool"]["mypy"]["strict"] is True
