@@ -17,7 +17,7 @@ import pytest
 from wildvision import __version__
 from wildvision.cli import CSV_FIELDS, collect_inputs, main
 from wildvision.modelpack import load_package
-from wildvision.registry import resolve_model
+from wildvision.registry import load_model
 
 from conftest import ZooItem, mixed_inputs
 
@@ -273,7 +273,7 @@ def test_models_list_and_show(tiny_model_dir: Path, tmp_path: Path,
 def test_models_show_prints_a_summary_by_default(capsys: pytest.CaptureFixture[str]) -> None:
     """The default model's full card is over a thousand lines; ``show`` prints a screenful
     drawn from card.json, and says how to get the rest."""
-    pkg = resolve_model("wildvision-base")
+    pkg = load_model("wildvision-base")
     card = pkg.card
     assert main(["models", "show", "wildvision-base"]) == 0
     shown = capsys.readouterr().out

@@ -166,7 +166,7 @@ def test_hub_downloads_every_kind_of_file_a_card_lists(tiny_model_dir: Path,
 
     junk = ["model.pt", "weights.pkl", "model.ckpt", "notes.txt", ".gitattributes",
             "pytorch_model.bin"]
-    for pkg in (resolve_model("wildvision-base"),
+    for pkg in (load_model("wildvision-base"),
                 load_package(_gated_copy(tiny_model_dir, tmp_path / "gated"))):
         files = package_files(pkg)
         assert files[:2] == ["card.json", "README.md"] and set(files[2:]) == set(pkg.card.files)
