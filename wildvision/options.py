@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -23,8 +24,8 @@ from .modelpack import Thresholds
 
 __all__ = ["ClassifierOptions", "add_classifier_arguments"]
 
-BACKENDS = ("onnx", "torch")
-PRECISIONS = ("fp32", "int8")
+BACKENDS = ("onnx", "openvino", "torch")  # = runtime.BACKENDS (tested)
+PRECISIONS = ("fp32", "bf16", "int8")  # = runtime.PRECISIONS (tested)
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,13 @@ class ClassifierOptions:
     service workers unchanged.
 
     Attributes:
-        backend: ``onnx`` (default) or ``torch`` (``[torch]`` extra).
-        precision: ``fp32`` or ``int8`` (if the package ships ``model.int8.onnx``).
-        threads: inference threads; ``None`` lets the runtime choose.
+        backend: the runtime: ``onnx`` (ONNX Runtime, default), ``openvino`` (``[openvino]``
+            extra) or ``torch`` (``[torch]`` extra). Never switched behind your back.
+        precision: ``fp32``, ``int8`` (if the package ships ``model.int8.onnx``) or ``bf16``
+            (openvino only, on CPUs with bfloat16 instructions; a ``ConfigError`` elsewhere).
+        threads: inference threads in all; ``None`` lets the runtime choose.
+        cache_dir: openvino only: a folder for OpenVINO's compiled-model cache (a later
+            process loads the compiled model instead of compiling it again).
         decode_workers: threads decoding images while the model runs the previous ones;
             ``None``: one per core, up to 4.
         batch_size: images decoded ahead of the model in a stream (and the size of a Ray
@@ -67,6 +72,7 @@ class ClassifierOptions:
     backend: str = "onnx"
     precision: str = "fp32"
     threads: int | None = None
+    cache_dir: str | None = None
     decode_workers: int | None = None
     batch_size: int = 32
     thresholds: Mapping[str, Any] | None = field(default=None, hash=False)
@@ -79,6 +85,8 @@ class ClassifierOptions:
     explain: bool = False
 
     def __post_init__(self) -> None:
+        if self.cache_dir is not None:  # kept as text: the options stay JSON-able
+            object.__setattr__(self, "cache_dir", os.fspath(self.cache_dir))
         for name in ("threads", "decode_workers"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):
@@ -208,9 +216,18 @@ def add_classifier_arguments(parser: argparse.ArgumentParser, *, batch_size: int
         parser.add_argument("--decode-workers", type=int, default=None,
                             help="image decoding threads")
     if "precision" not in skipped:
-        parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+        parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                            help="fp32 (default), int8 (the model's model.int8.onnx) or bf16 "
+                                 "(openvino runtime, CPUs with bfloat16 instructions)")
     if "backend" not in skipped:
-        parser.add_argument("--backend", choices=BACKENDS, default="onnx")
+        parser.add_argument("--runtime", "--backend", dest="backend", choices=BACKENDS,
+                            default="onnx",
+                            help="inference engine: onnx (ONNX Runtime, default), openvino "
+                                 "([openvino] extra) or torch ([torch] extra); never "
+                                 "switched automatically")
+    if "cache_dir" not in skipped:
+        parser.add_argument("--cache-dir", default=None, metavar="DIR",
+                            help="openvino: compiled-model cache folder (faster later starts)")
     if "thresholds" not in skipped:
         parser.add_argument("--threshold", action="append", metavar="GROUP=FLAG[:REVIEW]",
                             help="override a group's thresholds, e.g. ivory=0.9:0.5 "

@@ -294,11 +294,12 @@ def _inference_layout(threads: int | None, backend: str) -> tuple[int, int]:
     before the next one; on a few cores shared with the decode threads, one descheduled thread
     stalls the others at every operator. Two concurrent runs of a few images, each with half
     the threads (one each on a 2-core machine), keep the cores busy instead: measured in
-    docs/performance.md. The torch backend keeps its own threading (one run at a time).
+    docs/performance.md. OpenVINO gets the same layout: one stream per concurrent run. The
+    torch backend keeps its own threading (one run at a time).
     """
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, got {threads}")
-    if backend != "onnx":
+    if backend not in ("onnx", "openvino"):
         return 1, threads  # type: ignore[return-value]
     total = threads or os.cpu_count() or 1
     runs = min(2, total)
@@ -353,7 +354,8 @@ class Classifier:
         self.card = self.package.card
         runs, run_threads = _inference_layout(opts.threads, opts.backend)
         self.backend: Backend = create_backend(
-            self.package, opts.backend, precision=opts.precision, threads=run_threads
+            self.package, opts.backend, precision=opts.precision, threads=run_threads,
+            streams=runs, cache_dir=opts.cache_dir,
         )
         self.precision = opts.precision
         self.thresholds = _merge_thresholds(self.package, opts.thresholds)

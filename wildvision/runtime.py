@@ -1,6 +1,10 @@
-"""Inference backends behind one interface: ONNX Runtime (default, core install) and torch
-(``[torch]`` extra). Both take the float32 NCHW batch made by :mod:`wildvision.preprocess`
-and return a dict of named float32 outputs (``logits``, ``embedding``, maybe ``features``).
+"""Inference backends behind one interface: ONNX Runtime (default, core install), OpenVINO
+(``[openvino]`` extra) and torch (``[torch]`` extra). All take the float32 NCHW batch made by
+:mod:`wildvision.preprocess` and return a dict of named float32 outputs (``logits``,
+``embedding``, maybe ``features``).
+
+The backend is always the one asked for: none of them falls back to another engine or another
+precision when it cannot run what was asked (a typed error instead).
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ from .errors import ConfigError, MissingExtraError, ModelIntegrityError
 from .head import LinearHead, package_head
 from .modelpack import ModelPackage
 
-__all__ = ["BACKENDS", "Backend", "HeadBackend", "OnnxBackend", "create_backend"]
+__all__ = ["BACKENDS", "PRECISIONS", "Backend", "HeadBackend", "OnnxBackend", "create_backend"]
 
-BACKENDS = ("onnx", "torch")
+BACKENDS = ("onnx", "openvino", "torch")
+PRECISIONS = ("fp32", "bf16", "int8")
 
 
 class Backend(Protocol):
@@ -114,17 +119,51 @@ def create_backend(
     *,
     precision: str = "fp32",
     threads: int | None = None,
+    streams: int = 1,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> Backend:
     """Create the backend ``backend`` for ``package`` (with the package's numpy head applied
     to its ``logits`` when it has one: :class:`HeadBackend`).
 
+    Args:
+        package: the model package.
+        backend: ``onnx`` (ONNX Runtime), ``openvino`` (``[openvino]`` extra) or ``torch``
+            (``[torch]`` extra).
+        precision: ``fp32``, ``int8`` (the package's ``model.int8.onnx``; onnx and openvino)
+            or ``bf16`` (openvino, on CPUs with bfloat16 instructions).
+        threads: inference threads of one run; ``None`` lets the runtime choose.
+        streams: how many runs the caller makes at once (OpenVINO compiles that many streams;
+            ONNX Runtime and torch serve concurrent runs from one session as they are).
+        cache_dir: OpenVINO only: compiled-model cache folder.
+
     Raises:
-        ConfigError: unknown backend or precision.
+        ConfigError: unknown backend or precision, a precision the backend does not run, a
+            cache folder for a backend without one.
         ModelIntegrityError: a weight file changed since the package was loaded, or the model
             needs external data that the card does not list.
-        MissingExtraError: torch backend without the ``[torch]`` extra.
+        MissingExtraError: openvino or torch backend without its extra.
     """
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if cache_dir is not None and backend != "openvino":
+        raise ConfigError(f"cache_dir is an openvino option; backend {backend!r} has no cache")
     head = package_head(package)
+    if backend == "openvino":
+        try:
+            from ._openvino import OpenVinoBackend
+        except ImportError as e:
+            raise MissingExtraError("openvino", "openvino", "the openvino backend") from e
+        ov = OpenVinoBackend(
+            package.onnx_file("int8" if precision == "int8" else "fp32"),
+            input_size=package.card.preprocess.input_size, precision=precision,
+            threads=threads, streams=streams, cache_dir=cache_dir,
+        )
+        return HeadBackend(ov, head) if head is not None else ov
+    if precision == "bf16":
+        raise ConfigError("precision 'bf16' runs on backend 'openvino' only (pip install "
+                          "'wildvision[openvino]', backend='openvino')")
     if backend == "onnx":
         # The verified bytes themselves go to ONNX Runtime, with the card's external data:
         # nothing can change between the sha256 check and the load, and no unlisted file next
@@ -133,15 +172,13 @@ def create_backend(
         onnx = OnnxBackend(package.read_verified(onnx_name),
                            external_data=package.external_data(), threads=threads)
         return HeadBackend(onnx, head) if head is not None else onnx
-    if backend == "torch":
-        if head is not None:
-            raise ConfigError(f"model {package.card.name} is an extended package (a numpy head "
-                              "on the base model); run it with backend='onnx'")
-        if precision != "fp32":
-            raise ConfigError("the torch backend runs fp32 only; use backend='onnx' for int8")
-        try:
-            from .torch_backend import TorchBackend
-        except ImportError as e:
-            raise MissingExtraError("torch and timm", "torch", "the torch backend") from e
-        return TorchBackend(package, threads=threads)
-    raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if head is not None:
+        raise ConfigError(f"model {package.card.name} is an extended package (a numpy head "
+                          "on the base model); run it with backend='onnx' or 'openvino'")
+    if precision != "fp32":
+        raise ConfigError("the torch backend runs fp32 only; use backend='onnx' for int8")
+    try:
+        from .torch_backend import TorchBackend
+    except ImportError as e:
+        raise MissingExtraError("torch and timm", "torch", "the torch backend") from e
+    return TorchBackend(package, threads=threads)
