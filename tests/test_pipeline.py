@@ -268,11 +268,23 @@ def test_training_dataset_decodes_like_inference(clf: Classifier, big_jpeg: Path
     assert drafted.size != (1500, 1100)
 
 
-def test_training_eval_arrays_match_inference(clf: Classifier, big_jpeg: Path) -> None:
+@pytest.mark.parametrize("crop_only", [False, True], ids=["whole-resize", "crop-region"])
+def test_training_eval_arrays_match_inference(clf: Classifier, big_jpeg: Path,
+                                              crop_only: bool) -> None:
+    """Bit for bit, with either resize: what training evaluates on is what inference sees,
+    through both inference paths (a new tensor, and written into a batch row)."""
     pytest.importorskip("torch")
+    import dataclasses
+
+    from wildvision.modelpack import ModelPackage
     from wildvision.preprocess import normalize
     from wildvision.train.data import load_eval_array
 
-    cfg = clf.card.preprocess
+    cfg = dataclasses.replace(clf.card.preprocess, resize_crop_only=crop_only)
+    pkg = ModelPackage(clf.package.path, clf.card.with_updates(preprocess=cfg))
+    inference = Classifier(pkg, threads=1, open_set=False)
     arr = load_eval_array(big_jpeg, cfg)
-    assert np.array_equal(normalize(arr, cfg), clf._prepare(0, str(big_jpeg)).tensor)
+    assert np.array_equal(normalize(arr, cfg), inference._prepare(0, str(big_jpeg)).tensor)
+    row = np.full((3, cfg.input_size, cfg.input_size), np.nan, np.float32)
+    assert inference._prepare(0, str(big_jpeg), row).tensor is row
+    assert np.array_equal(normalize(arr, cfg), row)

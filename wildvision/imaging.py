@@ -389,7 +389,9 @@ def _decode_bytes(
             if turn is not None:
                 img = img.transpose(turn)
         else:
-            img = ImageOps.exif_transpose(img) or img
+            # in place: the decoded image is ours, and the default would copy it when (as for
+            # most photos) there is nothing to rotate
+            ImageOps.exif_transpose(img, in_place=True)
         rgb = _to_rgb(img)
         rgb.load()
     except (ImageTooLargeError, UnsupportedFormatError) as e:

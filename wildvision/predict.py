@@ -29,7 +29,7 @@ from .imaging import ImageSource, decode_image, source_name
 from .matching import KnownImageIndex, Match
 from .modelpack import ModelPackage, Thresholds
 from .options import ClassifierOptions
-from .preprocess import preprocess_image, resize_crop
+from .preprocess import normalize, preprocess_image, resize_crop
 from .registry import default_model_name, load_model
 from .runtime import Backend, create_backend
 from .scores import group_matrix, softmax
@@ -409,15 +409,8 @@ class Classifier:
             )
             if out is None:
                 tensor = preprocess_image(dec.image, cfg)
-            else:
-                # preprocess.normalize's arithmetic, (x / 255 - mean) / std in float32, done
-                # one contiguous channel at a time straight into the batch row.
-                chw = np.asarray(resize_crop(dec.image, cfg)).transpose(2, 0, 1)
-                for c in range(3):
-                    np.divide(chw[c], np.float32(255.0), out=out[c], dtype=np.float32)
-                    np.subtract(out[c], np.float32(cfg.mean[c]), out=out[c])
-                    np.divide(out[c], np.float32(cfg.std[c]), out=out[c])
-                tensor = out
+            else:  # straight into the batch row
+                tensor = normalize(np.asarray(resize_crop(dec.image, cfg)), cfg, out=out)
             keys = (self.match_index.image_keys(dec.image)
                     if self.match_index is not None else None)
             return _Prepared(index, name, tensor, dec.sha256, dec.original_size,
