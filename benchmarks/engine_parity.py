@@ -48,10 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from wildvision.imaging import decode_image
     from wildvision.predict import Classifier
     from wildvision.preprocess import preprocess_image
-    from wildvision.registry import resolve_model
+    from wildvision.registry import load_model
     from wildvision.taxonomy import FLAGGABLE_GROUPS
 
-    pkg = resolve_model(args.model)
+    pkg = load_model(args.model)
     card = pkg.card
     cfg = card.preprocess
     with open(args.manifest, newline="", encoding="utf-8") as f:
