@@ -107,3 +107,56 @@ def test_card_numbers_are_reproduced_by_the_bench_command(
             if isinstance(want, dict):
                 want, got = [want["value"], *want["ci95"]], [got["value"], *got["ci95"]]
             assert got == pytest.approx(want, abs=1e-6), (g, key)
+
+
+def _ship_default():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ship_default",
+                                                  ROOT / "training" / "ship_default.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_readme_model_section_is_generated_from_the_card() -> None:
+    """The README's numbers on the default model cannot drift from its card."""
+    sd = _ship_default()
+    assert sd.readme(PKG, ROOT / "README.md", check=True), (
+        "README.md's default-model section is out of date: run "
+        "python training/ship_default.py readme wildvision/models/wildvision-base README.md")
+
+
+def test_card_policy_thresholds_are_the_card_thresholds(card: wildvision.ModelCard) -> None:
+    policy = card.extra["policy"]
+    assert policy["budget_met"] and 0 < policy["review_budget"] < 0.2
+    for g, t in policy["thresholds"].items():
+        assert card.thresholds[g].flag == pytest.approx(t["flag"])
+        assert card.thresholds[g].review == pytest.approx(t["review"])
+    # out-of-source photos were part of the calibration set, and each held-out source was
+    # also measured with thresholds derived without it
+    assert policy["calibration_photos"]["out_of_source"]
+    assert set(policy["cross_source"]) >= {"caltech101", "common_animals",
+                                           "everyday_products"}
+    curve = [r["review_budget"] for r in policy["tradeoff_curve"]]
+    assert curve == sorted(curve) and policy["review_budget"] in curve
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_in_source_policy_numbers_are_reproduced(card: wildvision.ModelCard,
+                                                 shared_data: Path) -> None:
+    """The card's in-source review share and flag recall, re-measured on the validation split
+    with the card's thresholds and open-set gate."""
+    from wildvision.calibrate import score_manifest
+    from wildvision.policy import measure
+
+    scores = score_manifest(PKG, MANIFEST, split="val")
+    got = measure(scores.probabilities, scores.true_groups, scores.groups,
+                  {g: card.thresholds[g] for g in card.extra["policy"]["thresholds"]},
+                  gated=scores.gated)
+    want = card.extra["policy"]["measured"]["in_source"]
+    for key in ("benign", "positives", "benign_review_share", "benign_flag_share",
+                "flag_recall", "seen_recall"):
+        assert got[key] == pytest.approx(want[key], abs=1e-6), key

@@ -39,7 +39,7 @@ from wildvision.bench import card_metrics
 from wildvision.modelcard_md import write_card
 from wildvision.modelpack import ModelCard, load_package
 
-SHIPPED_FILES = ("model.onnx", "model.int8.onnx", "familiarity.npz")
+SHIPPED_FILES = ("model.onnx", "model.int8.onnx", "familiarity.npz", "bank.npz")
 
 
 def _with_extra(card: ModelCard, extra_json: Path | None) -> ModelCard:
@@ -171,7 +171,7 @@ def target_value(card: ModelCard, t: dict[str, Any]) -> tuple[Any, bool]:
 def _fmt_target(v: Any, t: dict[str, Any]) -> str:
     if v is None:
         return "not measured"
-    return _p(v) if t.get("unit") == "%" else f"{float(v):.3f}"
+    return _p(v, 2) if t.get("unit") == "%" else f"{float(v):.3f}"
 
 
 def readme_section(card: ModelCard, package_dir: Path) -> str:
