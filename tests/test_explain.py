@@ -357,7 +357,7 @@ def test_cli_classify_explain_writes_heatmaps(shared_data: Path, tmp_path: Path,
     d = json.loads(out.read_text())
     e = Explanation.from_dict(d["explanation"])
     assert e.group == "live_protected_animal" and e.heatmap.max() > 0.75
-    assert main(["classify", str(photo), "-o", str(out)]) == 0
+    assert main(["classify", str(photo), "-o", str(out), "--force"]) == 0
     assert "explanation" not in json.loads(out.read_text())
     assert main(["classify", str(photo), "--explain", "--format", "csv"]) == 2
     assert "--explain" in capsys.readouterr().err
