@@ -315,7 +315,7 @@ def test_cli_extend_and_models_show(banked: Path, new_photos: Path, tmp_path: Pa
     assert card.training["command"].startswith("wildvision extend --base")
     assert main(["models", "show", str(out)]) == 0
     shown = capsys.readouterr().out
-    assert "## Lineage" in shown and "extend" in shown and "tiny-test 0.0.1" in shown
+    assert "Lineage" in shown and "extend" in shown and "tiny-test 0.0.1" in shown
     # a bad input through the CLI: a one-line error, exit 2 (usage) / 1 (data)
     assert main(["extend", "--base", str(banked), "--data", str(new_photos), "--out",
                  str(tmp_path / "x"), "--group", "sea_shell=benign"]) == 2

@@ -390,6 +390,16 @@ def render_summary(card: ModelCard, path: str | Path | None = None) -> str:
         lines += ["", f"{test_key} ({data.get('images', '?')} images, "
                   f"`{block.get('command', '')}`):"]
         lines += [f"  {k}: {_ci_cell(head[k])}" for k in _SUMMARY_METRICS if k in head]
+    pol = ex.get("policy")
+    if isinstance(pol, Mapping):
+        lines.append(f"review-budget policy: {_pct(pol.get('review_budget'))} of benign photos "
+                     f"to review, flag precision {pol.get('flag_precision')}")
+    lineage = ex.get("lineage")
+    if isinstance(lineage, list) and lineage:
+        lines += ["", "Lineage:"]
+        lines += [f"  {i + 1}. {st.get('step', '')} from {st.get('base', '')} "
+                  f"{st.get('base_version', '')}" for i, st in enumerate(lineage)
+                  if isinstance(st, Mapping)]
     others = [k for k in card.metrics if k != test_key]
     if others:
         lines += ["", f"other metric blocks: {', '.join(others)}"]
