@@ -47,3 +47,40 @@ def test_carry_copies_blocks_with_provenance_under_new_keys(tmp_path: Path) -> N
     with pytest.raises(SystemExit, match="already has"):
         ship.carry(new, old, ["baseline_probe_lite1=baseline_probe"])
     assert (new / "card.json").read_bytes() == before
+
+
+def test_readme_demo_photos_are_reference_test_photos_and_classify(shared_data: Path) -> None:
+    """The README's first command classifies photos the default model never trained on: the
+    demo list is the regenerated one, every line is a test-split row of the reference manifest
+    (whose splits keep near-duplicates together), and the command itself runs on them."""
+    import csv
+    import re
+    import subprocess
+    import sys
+
+    ship = _load()
+    manifest = REPO / "datasets" / "wildvision-ref" / "manifest.csv"
+    demo = REPO / "examples" / "unseen-test-photos.txt"
+    assert ship.demo(manifest, demo, check=True), (
+        "examples/unseen-test-photos.txt is stale: python training/ship_default.py demo "
+        "datasets/wildvision-ref/manifest.csv examples/unseen-test-photos.txt")
+    with open(manifest, newline="", encoding="utf-8") as f:
+        split = {ship.DEMO_PREFIX + r["path"]: r["split"] for r in csv.DictReader(f)}
+    lines = demo.read_text(encoding="utf-8").split()
+    assert len(lines) == len(set(lines)) >= 30
+    assert {split.get(p) for p in lines} == {"test"}
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    first = re.findall(r"```bash\n(.*?)\n```", readme.split("## The two commands", 1)[1],
+                       re.S)[0]
+    command = first.split(" && ")[-1].split()
+    assert command[:2] == ["wildvision", "classify"]
+    assert "examples/unseen-test-photos.txt" in command
+    assert shared_data.resolve() == (REPO / ship.DEMO_PREFIX).resolve()
+    out = subprocess.run([sys.executable, "-m", "wildvision.cli", *command[1:]], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if "../shared/data/" in line]
+    assert len(rows) == len(lines), out.stdout
+    decisions = {line.split()[0] for line in rows}
+    assert decisions <= {"flag", "review", "pass"}, out.stdout
+    assert {"flag", "pass"} <= decisions, out.stdout

@@ -22,6 +22,10 @@
         --extra training/wildvision-base-v2.card-extra.json
     # the README's section on the default model, generated from the card (a test checks it)
     python training/ship_default.py readme wildvision/models/wildvision-base README.md
+    # the README's demo list: reference test photos (never trained on, never used to pick a
+    # threshold), marketplace-like sources first (a test checks it is current)
+    python training/ship_default.py demo datasets/wildvision-ref/manifest.csv \
+        examples/unseen-test-photos.txt
 
 Every number written into the card comes from a ``metrics.json`` written by
 ``wildvision bench`` (its command, data, manifest hash and commit travel with it).
@@ -30,6 +34,7 @@ Every number written into the card comes from a ``metrics.json`` written by
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -320,6 +325,38 @@ def readme(package: Path, readme_path: Path, check: bool = False) -> bool:
     return True
 
 
+# (source, photos) for the README's demo list: listing-style sources first, then the kinds of
+# photo a marketplace sees most; each takes its first test-split photos in sha256 order
+DEMO_SOURCES = (("pet_shops", 8), ("ecommerce_shops", 4), ("bone_horn_maker", 4),
+                ("met_ivory", 4), ("web_conservation", 4), ("everyday_products", 4),
+                ("common_animals", 4), ("bigcats", 2))
+DEMO_PREFIX = "../shared/data/"  # the README's commands run in the repository root
+
+
+def demo_list(manifest: Path) -> str:
+    """The README demo's file list: test-split photos of the reference manifest only (the
+    split the default model never trained on, nor picked a threshold with)."""
+    with open(manifest, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "test" and not r["error"]]
+    lines = []
+    for source, n in DEMO_SOURCES:
+        picked = sorted((r for r in rows if r["source"] == source), key=lambda r: r["sha256"])
+        if len(picked) < n:
+            raise SystemExit(f"{manifest}: {source} has {len(picked)} test photos, {n} wanted")
+        lines += [DEMO_PREFIX + r["path"] for r in picked[:n]]
+    return "\n".join(lines) + "\n"
+
+
+def demo(manifest: Path, out: Path, check: bool = False) -> bool:
+    text_ = demo_list(manifest)
+    if check:
+        return out.is_file() and out.read_text(encoding="utf-8") == text_
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text_, encoding="utf-8")
+    print(f"{out}: {text_.count(chr(10))} test-split photos from {manifest}")
+    return True
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -341,6 +378,9 @@ def main() -> None:
     rd = sub.add_parser("readme")
     rd.add_argument("package", type=Path)
     rd.add_argument("readme", type=Path)
+    dm = sub.add_parser("demo")
+    dm.add_argument("manifest", type=Path)
+    dm.add_argument("out", type=Path)
     tx = sub.add_parser("text")
     tx.add_argument("package", type=Path)
     tx.add_argument("--extra", type=Path, required=True)
@@ -353,6 +393,8 @@ def main() -> None:
         text(a.package, a.extra)
     elif a.cmd == "readme":
         readme(a.package, a.readme)
+    elif a.cmd == "demo":
+        demo(a.manifest, a.out)
     else:
         metrics(a.package, a.benches, a.drop)
 
