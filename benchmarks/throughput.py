@@ -202,9 +202,10 @@ def wildvision_runner(package: Any, backend: str, precision: str, batch_size: in
             top.append(labels.index(r.top_labels[0].label))
         return top
 
+    from wildvision.options import ClassifierOptions
     from wildvision.predict import _cached_classifier
 
-    return run, _cached_classifier(model, opts)
+    return run, _cached_classifier(model, ClassifierOptions(**opts))
 
 
 def engine_available(backend: str, precision: str, package: Any) -> str:

@@ -159,6 +159,10 @@ class OpenVinoBackend:
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
         # Infer requests are not thread-safe; each concurrent run() takes its own from here.
         self._requests: queue.SimpleQueue[ov.InferRequest] = queue.SimpleQueue()
+        # One run before any concurrent use: the first infer() of a process initialises
+        # OpenVINO's Python data dispatcher, and two threads doing that at once were seen to
+        # deadlock (every thread waiting, no CPU used) in a classify_images run.
+        self.run(np.zeros((1, 3, input_size, input_size), np.float32))
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         x = np.ascontiguousarray(batch, np.float32)
