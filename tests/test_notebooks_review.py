@@ -34,3 +34,12 @@ def test_review_notebook_runs(shared_data: Path) -> None:
     labels = next(line for line in text.splitlines() if line.startswith("labels: "))
     learned = ast.literal_eval(labels[len("labels: "):])
     assert sorted(learned) == ["ceramics", "ivory_carving", "live_tiger"]
+    # 4. extend: the reviewed photos go into a new package that names its base
+    assert "extend from wildvision-base" in text
+    assert text.count("(wildvision-base-reviewed 2.0.0-reviews.1)") == 7
+    # ... and never loosens the base model's thresholds
+    shown = [line.split() for line in text.splitlines() if line.startswith("threshold ")]
+    assert len(shown) == 2, text  # ivory and live_protected_animal
+    for _, _, _, before, _, after, _, r_before, _, r_after in shown:
+        assert float(after.rstrip(",")) >= float(before) - 1e-3
+        assert float(r_after) >= float(r_before) - 1e-3

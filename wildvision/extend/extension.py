@@ -444,7 +444,26 @@ def extend_model(
         derived = derive_thresholds(gp_va, true_group_va, groups_t, thresholds, rp,
                                     gated=gated)
         thresholds = dict(derived.thresholds)
+        # Never looser than the base: the base card's thresholds were derived from photos the
+        # bank does not hold (sources the training never saw, see its policy), so a refit on
+        # in-source validation rows alone would flag and review more open-world photos.
+        # Loosen deliberately with `wildvision calibrate` on the platform's own photos.
+        kept: dict[str, dict[str, float]] = {}
+        for g, base_t in card.thresholds.items():
+            if g in thresholds and (base_t.flag > thresholds[g].flag
+                                    or base_t.review > thresholds[g].review):
+                new_t = Thresholds(max(base_t.flag, thresholds[g].flag),
+                                   max(base_t.review, thresholds[g].review))
+                kept[g] = {"refit_flag": thresholds[g].flag,
+                           "refit_review": thresholds[g].review}
+                thresholds[g] = new_t
         policy_record = {**derived.to_dict(),
+                         "thresholds": {g: t.to_dict() for g, t in thresholds.items()},
+                         "base_thresholds_kept": kept,
+                         "notes": [*derived.to_dict()["notes"],
+                                   "benign shares are at the refit thresholds; where the "
+                                   "base card's thresholds were stricter they are kept "
+                                   "(base_thresholds_kept)"],
                          "calibration_photos": {
                              "source": "wildvision extend: the base bank's validation rows "
                                        "and the held-out new photos",
