@@ -461,6 +461,68 @@ DEFAULT_PRICE_DATE = "2025 AWS list price, to verify"
 DEFAULT_ENGINES = "onnx:fp32,onnx:int8,openvino:fp32,openvino:bf16,openvino:int8"
 
 
+ENGINE_NAMES = {"onnx": "ONNX Runtime", "openvino": "OpenVINO"}
+DOC_START, DOC_END = "<!-- throughput table: start -->", "<!-- throughput table: end -->"
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """The documentation's table of one run (docs/performance.md and the README embed it
+    between DOC_START and DOC_END; a test checks they match the committed JSON)."""
+    m, inp, mod, cost = result["machine"], result["inputs"], result["model"], result["cost"]
+    med = result["images_per_s"]
+    L = [DOC_START, ""]
+    L.append(f"`{mod['name']}` {mod['version']} ({mod['arch']}, {mod['input_size']} px), "
+             f"{inp['images']} real photos from `../shared/data` upscaled to listing size "
+             f"({inp['upscaled_to_long_side_px'][0]}-{inp['upscaled_to_long_side_px'][1]} px "
+             f"long side, JPEG q{inp['jpeg_quality']}, {inp['mean_megapixels']:.2f} MP on "
+             f"average), batch {result['config']['batch_size']}, medians of "
+             f"{result['config']['repeat']} interleaved rounds; {m['cpu']}, {m['cpu_count']} "
+             f"vCPUs ({', '.join(m['cpu_flags_of_note'])}), Python {m['python']}, ONNX Runtime "
+             f"{m['onnxruntime']}, OpenVINO {m['openvino'].split('-')[0]}, Pillow "
+             f"{m['pillow']}, PyTorch {m['torch'].split('+')[0]}; "
+             f"{m['date'][:16].replace('T', ' ')} UTC, commit {m['commit']}"
+             f"{' (with uncommitted changes)' if m['dirty'] else ''};"
+             f" load average {result['load_avg_before'][0]:.2f} before, "
+             f"{result['load_avg_after_throughput'][0]:.2f} after the timed rounds.")
+    L.append("")
+    L.append(f"| engine, precision | end to end, images/s | vs naive | model only, images/s "
+             f"| end to end / model only | peak RSS streaming {_stream_n(result)} images, MB | "
+             f"USD per million photos |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|")
+    if "naive" in med:
+        L.append(f"| naive: PIL, torchvision transforms, PyTorch eager | {med['naive']:.1f} | "
+                 "1.00x | | | | |")
+    for row in result["table"]:
+        backend, precision = row["engine"].split("_", 1)
+        vs = f"{row['vs_naive']:.2f}x" if row["vs_naive"] else "-"
+        rss = f"{row['peak_rss_mb']:.0f}" if row["peak_rss_mb"] else "-"
+        L.append(f"| {ENGINE_NAMES.get(backend, backend)} {precision} | "
+                 f"{row['end_to_end_images_per_s']:.1f} | {vs} | "
+                 f"{row['model_only_images_per_s']:.1f} | "
+                 f"{row['end_to_end_vs_model_only']:.2f} | {rss} | "
+                 f"{row['usd_per_million_photos']:.2f} |")
+    L.append("")
+    L.append(f"Cost: {cost['instance']} at ${cost['usd_per_hour']}/h ({cost['price_date']}), "
+             "divided by the end-to-end rate of this run; it holds on that instance type "
+             "only, so measure on yours.")
+    cs = result.get("cold_start")
+    if cs:
+        L.append(f"Cold start (new process, `import wildvision`, first prediction, ONNX Runtime "
+                 f"fp32, core modules only): median {cs['median_process_wall_s']:.2f} s.")
+    ov = result.get("openvino_compile", {})
+    if ov:
+        L.append("OpenVINO backend creation (compile), without / from its cache: " + "; ".join(
+            f"{k.split('_', 1)[1]} {v['no_cache_s']:.2f} / {v['from_cache_s']:.2f} s"
+            for k, v in ov.items()) + ".")
+    L += ["", DOC_END]
+    return "\n".join(L)
+
+
+def _stream_n(result: dict[str, Any]) -> str:
+    ns = {st["images"] for st in result.get("stream", {}).values()}
+    return f"{ns.pop():,}" if len(ns) == 1 else "N"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -495,7 +557,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "throughput.json")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="keep the photos and packages here (default: a temporary folder)")
+    ap.add_argument("--render", type=Path, default=None, metavar="RESULT_JSON",
+                    help="only print the documentation's table of an earlier run's JSON")
     args = ap.parse_args(argv)
+    if args.render is not None:
+        print(render_markdown(json.loads(args.render.read_text(encoding="utf-8"))))
+        return 0
     engines: list[tuple[str, str]] = []
     for item in args.engines.split(","):
         backend, _, precision = item.strip().partition(":")
