@@ -26,7 +26,7 @@ from wildvision.errors import (
     UnknownModelError,
 )
 from wildvision.export.bank import add_bank
-from wildvision.extend import extend_model, parse_group_specs, read_new_data
+from wildvision.extend import drop_labels, extend_model, parse_group_specs, read_new_data
 from wildvision.extend.fit import balanced_weights, fit_softmax
 from wildvision.head import HEAD_FILE, LinearHead, package_head
 from wildvision.modelpack import load_package
@@ -373,3 +373,60 @@ def test_a_review_budget_policy_in_the_base_card_is_reapplied(banked: Path, new_
     assert pol["calibration_photos"]["count"] > 0
     assert pol["thresholds"] == {g: t.to_dict() for g, t in res.card.thresholds.items()}
     assert "review budget of 5.00%" in res.card.extra["thresholds_note"]
+
+
+def test_drop_labels_writes_a_package_without_them(banked: Path, tmp_path: Path) -> None:
+    """The kept labels' scores are the base model's renormalised without the dropped ones;
+    the bank loses their rows; extending the result with one of them gives it back."""
+    base = load_package(banked)
+    out = tmp_path / "dropped"
+    pkg = drop_labels(banked, ["tiger_skin", "ceramics"], out, command="test")
+    card = pkg.card
+    assert card.labels == tuple(lab for lab in base.card.labels
+                                if lab not in ("tiger_skin", "ceramics"))
+    assert "tiger_parts" not in card.thresholds and "tiger_parts" not in card.groups
+    assert card.thresholds["ivory"] == base.card.thresholds["ivory"]
+    assert card.temperature == base.card.temperature
+    assert {HEAD_FILE, BANK_FILE, "model.onnx"} <= set(card.files)
+    step = card.extra["lineage"][-1]
+    assert step["step"] == "drop_labels" and step["base"] == base.card.name
+    assert step["dropped"] == {"tiger_skin": "tiger_parts", "ceramics": "benign"}
+    # scores: the base's logits without the dropped rows
+    img = photo_like(70, 50, seed=11)
+    full = Classifier(banked, open_set=False, top_k=9).classify(img)
+    part = Classifier(out, open_set=False, top_k=7).classify(img)
+    b_logit = {s.label: np.log(s.probability) for s in full.top_labels}  # type: ignore[union-attr]
+    kept = np.array([b_logit[lab] for lab in card.labels])
+    want = np.exp(kept - kept.max()) / np.exp(kept - kept.max()).sum()
+    got = {s.label: s.probability for s in part.top_labels}  # type: ignore[union-attr]
+    for i, lab in enumerate(card.labels):
+        assert got[lab] == pytest.approx(want[i], abs=1e-5)
+    # the bank: no rows of the dropped labels, the rest unchanged
+    old, new = package_bank(base), package_bank(pkg)
+    assert old is not None and new is not None
+    assert new.label_names == card.labels
+    gone = {base.card.labels.index("tiger_skin"), base.card.labels.index("ceramics")}
+    assert len(new.labels) == sum(int(x) not in gone for x in old.labels)
+    assert np.array_equal(new.head_weight, old.head_weight[[i for i in range(9)
+                                                            if i not in gone]])
+    # extending it with a dropped label adds the label back (a new label, its own group)
+    photos = tmp_path / "new"
+    _write_images(photos / "tiger_skin", 14, seed=9)
+    ext = extend_model(out, [photos], tmp_path / "back", max_drop=100, command="test")
+    assert ext.card.labels[-1] == "tiger_skin"
+    assert ext.card.label_groups["tiger_skin"] == "tiger_parts"
+    assert [s["step"] for s in ext.card.extra["lineage"]] == ["drop_labels", "extend"]
+
+
+def test_drop_labels_bad_input(banked: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no label"):
+        drop_labels(banked, ["no_such_label"], tmp_path / "a")
+    labels = load_package(banked).card.labels
+    with pytest.raises(ConfigError, match="at least two"):
+        drop_labels(banked, labels[1:], tmp_path / "b")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "x").write_text("x")
+    with pytest.raises(ConfigError, match="already exists"):
+        drop_labels(banked, ["ceramics"], tmp_path / "c")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

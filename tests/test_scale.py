@@ -263,3 +263,68 @@ def test_cli_engine_ray_with_the_default_package(ray_session: Any, shared_data: 
             assert [rows[p]["unfamiliar"] for p in photos] == [False] * 3 + [True] * 2
         else:
             assert decisions == ["flag"] * 5
+
+
+@pytest.fixture(scope="module")
+def extended_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model given a bank and extended with two new labels (``wildvision extend``):
+    base ONNX + ``head.npz``."""
+    import csv
+    import shutil
+
+    from wildvision.cli import main
+    from wildvision.extend import extend_model
+
+    root = tmp_path_factory.mktemp("extended")
+    base = root / "tiny"
+    shutil.copytree(TINY, base)
+    labels = Classifier(str(base)).card.labels
+    with open(root / "bank.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "fine_label", "split"])
+        for i in range(90):
+            p = root / "bank" / f"{i}.png"
+            p.parent.mkdir(exist_ok=True)
+            photo_like(48, 40, seed=100 + i).save(p)
+            w.writerow([p, labels[i % len(labels)], "val" if i % 5 == 0 else "train"])
+    assert main(["export", "bank", str(base), "--data", str(root / "bank.csv")]) == 0
+    for label, seed in (("sea_shell", 300), ("tiger_claw", 400)):
+        for i in range(12):
+            p = root / "new" / label / f"{i}.png"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            photo_like(60, 44, seed=seed + i).save(p)
+    out = root / "extended"
+    extend_model(base, [root / "new"], out, groups={"sea_shell": "benign",
+                                                      "tiger_claw": "tiger_parts"},
+                 max_drop=100, command="test")
+    return out
+
+
+@pytest.mark.slow
+def test_classify_dataset_with_an_extended_package(ray_session: Any, extended_tiny: Path,
+                                                   photo_tree: dict[str, Any]) -> None:
+    """An extended package (base ONNX + head.npz) loads in the Ray actors: the same labels,
+    decisions and probabilities, new group included, as the local core."""
+    from wildvision.scale import classify_dataset
+
+    photos = [str(p) for p in photo_tree["good"][:24]]
+    rows = classify_dataset(photos, model=str(extended_tiny), batch_size=8,
+                            concurrency=1).take_all()
+    by_source = {r["source"]: r for r in rows}
+    assert sorted(by_source) == sorted(photos)
+    clf = Classifier(str(extended_tiny))
+    base = {r.source: r.to_dict() for r in Classifier(str(TINY)).classify_many(photos)}
+    assert clf.card.labels[-2:] == ("sea_shell", "tiger_claw")
+    differs = False
+    for res in clf.classify_many(photos):
+        assert isinstance(res, Prediction)
+        row = by_source[res.source]
+        d = res.to_dict()
+        assert row["ok"] is True and row["model"] == clf.card.name
+        assert row["decision"] == d["decision"]
+        assert [t["label"] for t in json.loads(row["top_labels"])] == \
+            [t["label"] for t in d["top_labels"]]
+        for g, v in d["groups"].items():
+            assert row[f"prob_{g}"] == pytest.approx(v["probability"], abs=1e-5)
+            differs |= abs(v["probability"] - base[res.source]["groups"][g]["probability"]) > 1e-4
+    assert differs  # the actors ran the package's head, not the base graph's logits

@@ -8,6 +8,7 @@ card. CLI: ``wildvision extend``; guide: docs/extend.md.
 from __future__ import annotations
 
 from .data import NewData, NewPhoto, parse_group_specs, read_new_data
+from .drop import drop_labels
 from .extension import MIN_PHOTOS, ExtensionResult, Policy, extend_model
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "NewData",
     "NewPhoto",
     "Policy",
+    "drop_labels",
     "extend_model",
     "parse_group_specs",
     "read_new_data",
