@@ -72,9 +72,14 @@ class KnownImageIndex(Protocol):
         embeddings were not made by this model file."""
 
     def image_keys(self, image: Image.Image) -> Any:
-        """Per-image hash keys, computed in the decode threads from the decoded image."""
+        """Per-image hash keys, computed in the decode threads from the decoded image. When
+        the keys have a ``views`` attribute (a sequence of PIL images: e.g. the photo
+        without its border), the classifier embeds those views too and passes their
+        embeddings to :meth:`lookup` as ``view_embeddings``."""
 
-    def lookup(self, keys: Sequence[Any], embeddings: np.ndarray | None
+    def lookup(self, keys: Sequence[Any], embeddings: np.ndarray | None,
+               view_embeddings: Sequence[np.ndarray | None] | None = None
                ) -> list[tuple[Match, ...]]:
         """The matches of a batch (one tuple per image, best first; empty when none passes
-        the index's thresholds)."""
+        the index's thresholds); ``view_embeddings[i]``: the embeddings (V x D) of image
+        ``i``'s ``views``, or ``None``."""

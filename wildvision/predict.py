@@ -316,6 +316,7 @@ class _Prepared:
     error: BaseException | None = None
     match_keys: Any = None
     decoded_size: tuple[int, int] = (0, 0)
+    view_tensors: tuple[np.ndarray, ...] = ()  # the match index's extra views, preprocessed
 
 
 class Classifier:
@@ -413,8 +414,9 @@ class Classifier:
                 tensor = normalize(np.asarray(resize_crop(dec.image, cfg)), cfg, out=out)
             keys = (self.match_index.image_keys(dec.image)
                     if self.match_index is not None else None)
+            views = tuple(preprocess_image(v, cfg) for v in getattr(keys, "views", ()))
             return _Prepared(index, name, tensor, dec.sha256, dec.original_size,
-                             match_keys=keys, decoded_size=dec.image.size)
+                             match_keys=keys, decoded_size=dec.image.size, view_tensors=views)
         except Exception as e:  # a decoder bug must not take the batch down; keep its type
             return _Prepared(index, name, error=e)
 
@@ -549,6 +551,24 @@ class Classifier:
             explanation=explanation,
         )
 
+    def _view_embeddings(self, ok: Sequence[_Prepared]) -> list[np.ndarray | None] | None:
+        """Embeddings of the match index's extra views of each photo (one more model run
+        for the photos that have any, e.g. a photo in a screenshot frame)."""
+        views = [t for p in ok for t in p.view_tensors]
+        if not views:
+            return None
+        with self._lock:
+            emb = self.predict_arrays(np.stack(views)).get("embedding")
+        if emb is None:
+            return None
+        out: list[np.ndarray | None] = []
+        at = 0
+        for p in ok:
+            k = len(p.view_tensors)
+            out.append(emb[at:at + k] if k else None)
+            at += k
+        return out
+
     def _infer(self, prepared: list[_Prepared], batch: np.ndarray | None = None
                ) -> list[tuple[Result, ImageArrays | None]]:
         # ``batch``: the preallocated rows of ``prepared`` (iter_classify), used as is when
@@ -565,7 +585,8 @@ class Classifier:
                     out = self.predict_arrays(batch)
                 if self.match_index is not None:
                     found = self.match_index.lookup([p.match_keys for p in ok],
-                                                    out.get("embedding"))
+                                                    out.get("embedding"),
+                                                    self._view_embeddings(ok))
             except Exception as e:  # e.g. the runtime failing: every item records it
                 for p in ok:
                     p.error = e

@@ -14,7 +14,14 @@ array           shape / dtype      what
 ``hashes``      (N, 32) uint8      PDQ hash, reference bit order (:mod:`.pdq`)
 ``quality``     (N,) uint8         PDQ quality 0-100 (under 50: the hash is not matched)
 ``embeddings``  (N, D) float16     unit-length model embeddings (D = 0: a hash-only list)
+``view_owner``  (V,) int64         the entry each extra view belongs to (optional: files
+                                   without views have none)
+``view_hashes``, ``view_quality``, ``view_embeddings``: the views' PDQ hashes, qualities and
+embeddings, as for the entries (:mod:`.views`: the photo without its border, and crops)
 ==============  =================  ==========================================================
+
+An entry matches a query with the best similarity and the smallest hash distance over the
+entry's photo and views against the query's photo and views.
 
 Search: FAISS (``faiss-cpu``): inner product over the unit embeddings, exact
 (``IndexFlatIP``) under :data:`APPROX_MIN` entries and approximate (IVF with 8-bit scalar
@@ -45,6 +52,7 @@ from ..modelpack import ModelPackage
 from ..scores import unit_rows
 from ._io import atomic_write, csv_safe, str_array
 from .pdq import HASH_BYTES, MIN_QUALITY, hamming, pdq_hash, to_hex
+from .views import query_views
 
 __all__ = [
     "APPROX_MIN",
@@ -52,6 +60,7 @@ __all__ = [
     "DEFAULT_SIMILARITY_THRESHOLD",
     "INDEX_FORMAT",
     "MatchIndex",
+    "PhotoKeys",
 ]
 
 INDEX_FORMAT = "wildvision-match-index"
@@ -60,6 +69,7 @@ INDEX_FORMAT_VERSION = 1
 # unrelated photos matching, docs/match.md); the hash threshold is the usual PDQ one.
 DEFAULT_HASH_THRESHOLD = 31
 DEFAULT_SIMILARITY_THRESHOLD = 0.90
+VIEW_ARRAYS = ("view_owner", "view_hashes", "view_quality", "view_embeddings")
 APPROX_MIN = 100_000  # from this many entries: approximate search (both: match_speed.py)
 MODES = ("either", "hash", "embedding", "both")
 ENGINES = ("auto", "exact", "ivf")
@@ -86,10 +96,26 @@ def model_fingerprint(package: ModelPackage, precision: str = "fp32") -> dict[st
 
 @dataclass
 class _Engines:
-    emb: Any = None        # faiss index over the embeddings (row ids = entry ids)
+    emb: Any = None        # faiss index over the embeddings (entries, then views)
     emb_kind: str = ""
     hashes: Any = None     # faiss binary index over the good-quality hashes
     hash_ids: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    owner: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    # views of entry i: view rows view_order[view_start[i]:view_start[i + 1]]
+    view_order: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    view_start: NDArray[np.int64] = field(default_factory=lambda: np.zeros(1, np.int64))
+
+
+@dataclass(frozen=True)
+class PhotoKeys:
+    """What :meth:`MatchIndex.image_keys` computes from a decoded photo: PDQ hashes (of the
+    photo, its mirror image and its views and their mirror images) with their qualities,
+    and the extra views (:func:`~wildvision.match.views.query_views`) whose embeddings the
+    classifier adds."""
+
+    hashes: tuple[bytes, ...]
+    quality: tuple[int, ...]
+    views: tuple[Image.Image, ...] = ()
 
 
 class MatchIndex:
@@ -118,6 +144,7 @@ class MatchIndex:
         hashes: NDArray[np.uint8] | None = None,
         quality: NDArray[np.uint8] | None = None,
         embeddings: NDArray[Any] | None = None,
+        views: dict[str, NDArray[Any]] | None = None,
         hash_threshold: int | None = None,
         similarity_threshold: float | None = None,
         mode: str | None = None,
@@ -141,6 +168,16 @@ class MatchIndex:
                         else np.asarray(quality, dtype=np.uint8))
         self.embeddings = (np.zeros((n, dim), np.float16) if embeddings is None
                            else np.asarray(embeddings, dtype=np.float16))
+        v = views or {}
+        nv = len(v.get("view_owner", ()))
+        self.view_owner = np.asarray(v.get("view_owner", np.zeros(0)), np.int64).reshape(-1)
+        self.view_hashes = np.ascontiguousarray(
+            v.get("view_hashes", np.zeros((nv, HASH_BYTES))), dtype=np.uint8)
+        self.view_quality = np.asarray(v.get("view_quality", np.zeros(nv)), np.uint8)
+        self.view_embeddings = np.asarray(v.get("view_embeddings", np.zeros((nv, dim))),
+                                          np.float16)
+        if self.view_embeddings.size == 0:
+            self.view_embeddings = self.view_embeddings.reshape(nv, dim)
         policy = dict(head.get("policy", {}))
         self.hash_threshold = int(hash_threshold if hash_threshold is not None
                                   else policy.get("hash_threshold", DEFAULT_HASH_THRESHOLD))
@@ -173,6 +210,17 @@ class MatchIndex:
             raise MatchIndexError(f"embeddings must be (N, {dim}), got {self.embeddings.shape}")
         if dim and not np.isfinite(self.embeddings).all():
             raise MatchIndexError("index embeddings contain NaN or infinite values")
+        nv = len(self.view_owner)
+        if (len(self.view_hashes) != nv or len(self.view_quality) != nv
+                or self.view_embeddings.shape != (nv, dim)
+                or self.view_hashes.shape[1:] != (HASH_BYTES,)):
+            raise MatchIndexError(
+                f"view arrays differ: {nv} owners, hashes {self.view_hashes.shape}, "
+                f"{len(self.view_quality)} qualities, embeddings {self.view_embeddings.shape}")
+        if nv and (self.view_owner.min() < 0 or self.view_owner.max() >= n):
+            raise MatchIndexError("a view belongs to no entry of the index")
+        if dim and nv and not np.isfinite(self.view_embeddings).all():
+            raise MatchIndexError("view embeddings contain NaN or infinite values")
         dup = _duplicates(self.references)
         if dup:
             raise MatchIndexError(f"duplicate references in the index: {dup[:5]}"
@@ -203,6 +251,15 @@ class MatchIndex:
     @property
     def embedding_dim(self) -> int:
         return int(self.header["embedding_dim"])
+
+    @property
+    def view_count(self) -> int:
+        """Extra views stored (the photos without their border, crops)."""
+        return len(self.view_owner)
+
+    def views(self) -> dict[str, NDArray[Any]]:
+        return {"view_owner": self.view_owner, "view_hashes": self.view_hashes,
+                "view_quality": self.view_quality, "view_embeddings": self.view_embeddings}
 
     @property
     def shared(self) -> bool:
@@ -249,77 +306,100 @@ class MatchIndex:
                 f"{fp['embedding_sha256'][:12]}…): its embeddings are not comparable; "
                 "rebuild the index with this model or classify with the index's model")
 
-    def image_keys(self, image: Image.Image) -> tuple[bytes, bytes, int]:
-        """PDQ hash of the image and of its mirror image, and the quality."""
-        h, q = pdq_hash(image)
-        hm, _ = pdq_hash(image, mirror=True)
-        return h, hm, q
+    def image_keys(self, image: Image.Image) -> PhotoKeys:
+        """PDQ hashes of the photo and of its mirror image, and of its query views
+        (:func:`~wildvision.match.views.query_views`) and theirs, with their qualities; the
+        views themselves, for the classifier to embed."""
+        views = tuple(query_views(image))
+        hashes, quality = [], []
+        for img in (image, *views):
+            h, q = pdq_hash(img)
+            hm, _ = pdq_hash(img, mirror=True)
+            hashes += [h, hm]
+            quality += [q, q]
+        return PhotoKeys(tuple(hashes), tuple(quality), views)
 
-    def lookup(self, keys: Sequence[Any], embeddings: NDArray[Any] | None
+    def lookup(self, keys: Sequence[Any], embeddings: NDArray[Any] | None,
+               view_embeddings: Sequence[NDArray[Any] | None] | None = None
                ) -> list[tuple[Match, ...]]:
         """Matches of a batch of photos: one tuple per photo, best first.
 
         Args:
-            keys: :meth:`image_keys` of each photo (or ``None``: embedding only).
+            keys: :meth:`image_keys` of each photo (or ``None``: embedding only; or an
+                older ``(hash, mirror hash, quality)`` tuple).
             embeddings: the photos' model embeddings (N, D), or ``None`` (hash only).
+            view_embeddings: per photo, the embeddings of its keys' ``views`` (or ``None``).
         """
         n = len(keys)
         if embeddings is not None and len(embeddings) != n:
             raise MatchIndexError(f"{n} keys but {len(embeddings)} embeddings")
+        if view_embeddings is not None and len(view_embeddings) != n:
+            raise MatchIndexError(f"{n} keys but {len(view_embeddings)} view embeddings")
         if len(self) == 0 or n == 0:
             return [() for _ in range(n)]
         eng = self._get_engines()
         cands: list[dict[int, None]] = [{} for _ in range(n)]
-        q = None
+        qs: list[NDArray[np.float32] | None] = [None] * n  # each photo's query vectors
         if self.embedding_dim and embeddings is not None and self.mode != "hash":
             if embeddings.shape[1] != self.embedding_dim:
                 raise IndexModelMismatchError(
                     f"query embeddings have {embeddings.shape[1]} dimensions, the index "
                     f"{self.embedding_dim}")
-            q = unit_rows(embeddings)
-            k = min(len(self), max(self.top_k, 10))
-            _, ids = eng.emb.search(q, k)
             for row in range(n):
-                for i in ids[row]:
+                extra = view_embeddings[row] if view_embeddings is not None else None
+                qs[row] = unit_rows(embeddings[row:row + 1] if extra is None or not len(extra)
+                                    else np.concatenate([embeddings[row:row + 1], extra]))
+            allq = np.concatenate([x for x in qs if x is not None])
+            qrow = np.repeat(np.arange(n), [len(x) for x in qs if x is not None])
+            total = len(eng.owner)
+            per = 1 + -(-self.view_count // len(self))  # rows per entry at most, on average
+            k = min(total, max(self.top_k, 10) * per)
+            _, ids = eng.emb.search(allq, k)
+            for j, row in enumerate(qrow.tolist()):
+                for i in ids[j]:
                     if i >= 0:
-                        cands[row][int(i)] = None
-        qh = qm = None
-        good = np.zeros(n, bool)
+                        cands[row][int(eng.owner[i])] = None
+        qhash: list[NDArray[np.uint8] | None] = [None] * n
         if eng.hashes is not None and self.mode != "embedding":
-            qh = np.zeros((n, HASH_BYTES), np.uint8)
-            qm = np.zeros((n, HASH_BYTES), np.uint8)
             for row, key in enumerate(keys):
-                if key is not None and key[2] >= MIN_QUALITY:
-                    qh[row] = np.frombuffer(key[0], np.uint8)
-                    qm[row] = np.frombuffer(key[1], np.uint8)
-                    good[row] = True
-            if good.any():
-                both = np.concatenate([qh[good], qm[good]])
+                hs = _key_hashes(key)
+                if len(hs):
+                    qhash[row] = hs
+            got = [(r, h) for r, h in enumerate(qhash) if h is not None]
+            if got:
+                both = np.concatenate([h for _, h in got])
+                part_row = np.repeat([r for r, _ in got], [len(h) for _, h in got])
                 lims, _, hid = eng.hashes.range_search(both, self.hash_threshold + 1)
-                hit_rows = np.flatnonzero(good).tolist()
-                m = len(hit_rows)
-                for j, row in enumerate(hit_rows):
-                    for part in (j, j + m):
-                        for i in hid[lims[part]:lims[part + 1]]:
-                            cands[row][int(eng.hash_ids[i])] = None
+                for part, row in enumerate(part_row.tolist()):
+                    for i in hid[lims[part]:lims[part + 1]]:
+                        cands[row][int(eng.owner[eng.hash_ids[i]])] = None
         out: list[tuple[Match, ...]] = []
         for row in range(n):
             ids_ = np.fromiter(cands[row], dtype=np.int64, count=len(cands[row]))
             if not len(ids_):
                 out.append(())
                 continue
-            sims = (self.embeddings[ids_].astype(np.float32) @ q[row]
-                    if q is not None else None)
-            dists = None
-            if qh is not None and qm is not None and good[row]:
-                dists = np.minimum(hamming(self.hashes[ids_], qh[row]),
-                                   hamming(self.hashes[ids_], qm[row]))
+            q = qs[row]
             found = []
-            for j, i in enumerate(ids_):
-                sim = (float(sims[j]) if sims is not None and self.embeddings[i].any()
-                       else None)
-                dist = (int(dists[j]) if dists is not None and self.quality[i] >= MIN_QUALITY
-                        else None)
+            for i in ids_.tolist():
+                vrows = eng.view_order[eng.view_start[i]:eng.view_start[i + 1]]
+                sim = dist = None
+                if q is not None:
+                    e = self.embeddings[i:i + 1]
+                    if len(vrows):
+                        e = np.concatenate([e, self.view_embeddings[vrows]])
+                    e = e[e.any(axis=1)]
+                    if len(e):
+                        sim = float((e.astype(np.float32) @ q.T).max())
+                qh = qhash[row]
+                if qh is not None:
+                    good = self.quality[i] >= MIN_QUALITY
+                    h = self.hashes[i:i + 1] if good else self.hashes[:0]
+                    if len(vrows):
+                        vgood = vrows[self.view_quality[vrows] >= MIN_QUALITY]
+                        h = np.concatenate([h, self.view_hashes[vgood]])
+                    if len(h):
+                        dist = int(hamming(h[:, None, :], qh[None, :, :]).min())
                 by_hash = dist is not None and dist <= self.hash_threshold
                 by_emb = sim is not None and sim >= self.similarity_threshold
                 ok = {"either": by_hash or by_emb, "hash": by_hash, "embedding": by_emb,
@@ -352,8 +432,14 @@ class MatchIndex:
         eng = _Engines()
         kind = self._engine_kind()
         n = len(self)
+        nv = self.view_count
+        eng.owner = np.concatenate([np.arange(n, dtype=np.int64), self.view_owner])
+        eng.view_order = np.argsort(self.view_owner, kind="stable").astype(np.int64)
+        eng.view_start = np.searchsorted(self.view_owner[eng.view_order],
+                                         np.arange(n + 1)).astype(np.int64)
         if self.embedding_dim:
-            x = self.embeddings  # float16; converted chunk by chunk (no float32 copy of all)
+            # entries, then views; float16, converted chunk by chunk (no float32 copy of all)
+            parts = [self.embeddings, self.view_embeddings] if nv else [self.embeddings]
             d = self.embedding_dim
             if kind == "exact":
                 eng.emb = faiss.IndexFlatIP(d)
@@ -364,15 +450,17 @@ class MatchIndex:
                                                     faiss.ScalarQuantizer.QT_8bit,
                                                     faiss.METRIC_INNER_PRODUCT)
                 rng = np.random.default_rng(0)
+                x = self.embeddings
                 sample = x if n <= 40 * nlist else x[np.sort(rng.choice(n, 40 * nlist,
                                                                       replace=False))]
                 ivf.train(np.ascontiguousarray(sample, dtype=np.float32))
                 ivf.nprobe = min(self.nprobe, nlist)
                 eng.emb = ivf
-            for s in range(0, n, 65536):
-                eng.emb.add(np.ascontiguousarray(x[s:s + 65536], dtype=np.float32))
+            for x in parts:
+                for s in range(0, len(x), 65536):
+                    eng.emb.add(np.ascontiguousarray(x[s:s + 65536], dtype=np.float32))
             eng.emb_kind = kind
-        good = np.flatnonzero(self.quality >= MIN_QUALITY)
+        good = np.flatnonzero(np.concatenate([self.quality, self.view_quality]) >= MIN_QUALITY)
         if len(good):
             if kind == "exact":
                 hidx = faiss.IndexBinaryFlat(8 * HASH_BYTES)
@@ -381,7 +469,8 @@ class MatchIndex:
                 # 16 tables of 16 bits, one bit flipped per table: every hash within
                 # 16 * 2 - 1 = 31 bits shares a table key with the query (pigeonhole).
                 hidx.nflip = 1 if self.hash_threshold <= 31 else 2
-            hidx.add(np.ascontiguousarray(self.hashes[good]))
+            hidx.add(np.ascontiguousarray(
+                (np.concatenate([self.hashes, self.view_hashes]) if nv else self.hashes)[good]))
             eng.hashes = hidx
             eng.hash_ids = good.astype(np.int64)
         return eng
@@ -393,8 +482,12 @@ class MatchIndex:
     # -- editing ----------------------------------------------------------------------------
     def add(self, references: Sequence[str], labels: Sequence[str], groups: Sequence[str],
             hashes: NDArray[np.uint8], quality: NDArray[np.uint8],
-            embeddings: NDArray[Any] | None) -> None:
+            embeddings: NDArray[Any] | None, views: dict[str, NDArray[Any]] | None = None
+            ) -> None:
         """Append entries (all or none: a duplicate reference raises before any change).
+
+        ``views``: their extra views (:data:`VIEW_ARRAYS`; ``view_owner`` numbers the new
+        entries from 0).
 
         Raises:
             MatchIndexError: a reference already in the index or given twice; wrong shapes.
@@ -405,16 +498,48 @@ class MatchIndex:
         if emb.shape[1] != self.embedding_dim:
             raise MatchIndexError(f"embeddings of {emb.shape[1]} dimensions for an index of "
                                   f"{self.embedding_dim}")
+        v = views or {}
+        nv = len(v.get("view_owner", ()))
+        vemb = v.get("view_embeddings")
+        vemb = (unit_rows(vemb).astype(np.float16) if vemb is not None and nv
+                and self.embedding_dim else np.zeros((nv, self.embedding_dim), np.float16))
+        all_views = {
+            "view_owner": np.concatenate([self.view_owner, np.asarray(
+                v.get("view_owner", np.zeros(0)), np.int64).reshape(-1) + len(self)]),
+            "view_hashes": np.concatenate([self.view_hashes, np.asarray(
+                v.get("view_hashes", np.zeros((0, HASH_BYTES))), np.uint8)
+                .reshape(-1, HASH_BYTES)]),
+            "view_quality": np.concatenate([self.view_quality, np.asarray(
+                v.get("view_quality", np.zeros(0)), np.uint8).reshape(-1)]),
+            "view_embeddings": np.concatenate([self.view_embeddings, vemb]),
+        }
         new = MatchIndex(dict(self.header), references=list(self.references) + list(references),
                          labels=list(self.labels) + list(labels),
                          groups=list(self.groups) + list(groups),
                          hashes=np.concatenate([self.hashes, np.asarray(hashes, np.uint8)
                                                 .reshape(-1, HASH_BYTES)]),
                          quality=np.concatenate([self.quality, np.asarray(quality, np.uint8)]),
-                         embeddings=np.concatenate([self.embeddings, emb]))
+                         embeddings=np.concatenate([self.embeddings, emb]), views=all_views)
         self.references, self.labels, self.groups = new.references, new.labels, new.groups
         self.hashes, self.quality, self.embeddings = new.hashes, new.quality, new.embeddings
+        self._set_views(new.views())
         self._changed()
+
+    def _set_views(self, views: dict[str, NDArray[Any]]) -> None:
+        self.view_owner, self.view_hashes = views["view_owner"], views["view_hashes"]
+        self.view_quality, self.view_embeddings = views["view_quality"], views["view_embeddings"]
+
+    def _views_of(self, rows: NDArray[np.int64], *, embeddings: bool = True
+                  ) -> dict[str, NDArray[Any]]:
+        """The views of entries ``rows``, their owners renumbered to positions in ``rows``."""
+        pos = np.full(len(self), -1, np.int64)
+        pos[np.asarray(rows, np.int64)] = np.arange(len(rows))
+        keep = np.flatnonzero(pos[self.view_owner] >= 0) if self.view_count else \
+            np.zeros(0, np.int64)
+        return {"view_owner": pos[self.view_owner[keep]],
+                "view_hashes": self.view_hashes[keep], "view_quality": self.view_quality[keep],
+                "view_embeddings": (self.view_embeddings[keep] if embeddings
+                                    else np.zeros((len(keep), 0), np.float16))}
 
     def remove(self, references: Iterable[str]) -> int:
         """Remove entries by reference; returns how many were removed.
@@ -431,6 +556,7 @@ class MatchIndex:
         return int((~keep).sum())
 
     def _take(self, rows: NDArray[np.int64]) -> None:
+        self._set_views(self._views_of(rows))
         self.references = [self.references[i] for i in rows]
         self.labels = [self.labels[i] for i in rows]
         self.groups = [self.groups[i] for i in rows]
@@ -471,13 +597,15 @@ class MatchIndex:
         out.add([other.references[i] for i in rows], [other.labels[i] for i in rows],
                 [other.groups[i] for i in rows], other.hashes[rows], other.quality[rows],
                 (np.zeros((len(rows), self.embedding_dim), np.float32) if hash_only
-                 else other.embeddings[rows].astype(np.float32)) if self.embedding_dim else None)
+                 else other.embeddings[rows].astype(np.float32)) if self.embedding_dim else None,
+                views=_with_dim(other._views_of(rows), self.embedding_dim))
         return out
 
     def copy(self) -> MatchIndex:
         return MatchIndex(json.loads(json.dumps(self.header)), references=self.references,
                           labels=self.labels, groups=self.groups, hashes=self.hashes.copy(),
                           quality=self.quality.copy(), embeddings=self.embeddings.copy(),
+                          views={k: v.copy() for k, v in self.views().items()},
                           hash_threshold=self.hash_threshold,
                           similarity_threshold=self.similarity_threshold, mode=self.mode,
                           decision=self.decision, top_k=self.top_k, engine=self.engine,
@@ -507,7 +635,8 @@ class MatchIndex:
                           labels=[self.groups[i] for i in rows],
                           groups=[self.groups[i] for i in rows], hashes=self.hashes[sel],
                           quality=self.quality[sel],
-                          embeddings=self.embeddings[sel] if embeddings else None)
+                          embeddings=self.embeddings[sel] if embeddings else None,
+                          views=self._views_of(sel, embeddings=embeddings))
 
     # -- files (read back by wildvision.match.store) ------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -527,6 +656,8 @@ class MatchIndex:
             "quality": self.quality,
             "embeddings": self.embeddings,
         }
+        if self.view_count:
+            arrays.update(self.views())
         atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
         return path
 
@@ -554,6 +685,27 @@ class MatchIndex:
             data = text.encode("utf-8")
             atomic_write(Path(path), lambda f: f.write(data))
         return text
+
+
+def _with_dim(views: dict[str, NDArray[Any]], dim: int) -> dict[str, NDArray[Any]]:
+    """Views for an index of embedding size ``dim`` (a hash-only index's views: zeros)."""
+    emb = views["view_embeddings"]
+    if emb.shape[1] != dim:
+        views = {**views, "view_embeddings": np.zeros((len(emb), dim), np.float16)}
+    return views
+
+
+def _key_hashes(key: Any) -> NDArray[np.uint8]:
+    """The good-quality hashes (M x 32) of a query's keys (:class:`PhotoKeys`, an older
+    ``(hash, mirror hash, quality)`` tuple, or ``None``)."""
+    if key is None:
+        return np.zeros((0, HASH_BYTES), np.uint8)
+    if isinstance(key, PhotoKeys):
+        pairs = list(zip(key.hashes, key.quality, strict=True))
+    else:
+        pairs = [(key[0], key[2]), (key[1], key[2])]
+    good = [np.frombuffer(h, np.uint8) for h, q in pairs if q >= MIN_QUALITY]
+    return np.array(good, np.uint8).reshape(-1, HASH_BYTES)
 
 
 def _duplicates(values: Sequence[str]) -> list[str]:

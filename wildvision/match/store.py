@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MatchIndexError
-from .index import INDEX_FORMAT, INDEX_FORMAT_VERSION, MatchIndex
+from .index import INDEX_FORMAT, INDEX_FORMAT_VERSION, VIEW_ARRAYS, MatchIndex
 from .pdq import HASH_BYTES, from_hex
 
 __all__ = ["load_index", "read_pdq_list"]
@@ -44,6 +44,9 @@ def load_index(path: str | os.PathLike[str], **settings: Any) -> MatchIndex:
             if missing:
                 raise MatchIndexError(f"{p}: not a wildvision match index (no {missing})")
             data = {k: z[k] for k in _REQUIRED}
+            views = {k: z[k] for k in VIEW_ARRAYS if k in z.files}
+            if views and len(views) != len(VIEW_ARRAYS):
+                raise MatchIndexError(f"{p}: incomplete view arrays ({sorted(views)})")
     except MatchIndexError:
         raise
     except FileNotFoundError:
@@ -66,13 +69,19 @@ def load_index(path: str | os.PathLike[str], **settings: Any) -> MatchIndex:
             raise MatchIndexError(f"{p}: array {k} has dtype {data[k].dtype}")
     if len(data["embeddings"]) and data["embeddings"].ndim != 2:
         raise MatchIndexError(f"{p}: embeddings must be 2-D")
+    for k, kind in (("view_owner", "i"), ("view_hashes", "u"), ("view_quality", "u"),
+                    ("view_embeddings", "f")):
+        if k in views and views[k].dtype.kind != kind:
+            raise MatchIndexError(f"{p}: array {k} has dtype {views[k].dtype}")
+    if views and views["view_embeddings"].ndim != 2:
+        raise MatchIndexError(f"{p}: view_embeddings must be 2-D")
     try:
         return MatchIndex(head, references=data["references"].tolist(),
                           labels=data["labels"].tolist(), groups=data["groups"].tolist(),
                           hashes=data["hashes"], quality=data["quality"],
                           embeddings=data["embeddings"].reshape(len(data["references"]), -1)
                           if data["embeddings"].size or len(data["references"]) else
-                          data["embeddings"], **settings)
+                          data["embeddings"], views=views or None, **settings)
     except MatchIndexError as e:
         raise MatchIndexError(f"{p}: {e}") from e
     except ValueError as e:
