@@ -29,40 +29,53 @@ CROP_VIEWS = ("centre", "top_left", "top_right", "bottom_left", "bottom_right")
 _SIDE = 256          # the margins are found on a copy at most this big
 _TOLERANCE = 24      # a pixel within this (per channel, 0-255) of its line's median is plain
 _PLAIN = 0.96        # a line with this share of plain pixels is margin
-_SPARSE = 0.35       # a line with this share is margin with text on it (kept only between
-_TEXT_RUN = 0.15     # plain lines, in runs of at most this share of the side)
-_MAX_EDGE = 0.45     # never trim more than this share of a side from one edge
+_TEXT_RUN = 0.15     # text on a margin: a run of other lines, at most this share of the
+                     # side, between plain lines of one colour
+_MAX_EDGE = 0.7      # never trim more than this share of a side from one edge
 _MIN_TRIM = 0.02     # trimming less than this share of a side does not count
-_MIN_AREA = 0.2      # a trimmed view keeps at least this share of the area
+_MIN_AREA = 0.05     # a trimmed view keeps at least this share of the area
 _MIN_CUT = 0.08      # and removes at least this share (less: no trimmed view)
 
 
-def _plain_share(lines: NDArray[np.int16]) -> NDArray[np.float64]:
-    """Share of each line's pixels (lines: L x M x 3) close to the line's median colour."""
+def _lines(lines: NDArray[np.int16]) -> tuple[NDArray[np.float64], NDArray[np.int16]]:
+    """Per line (lines: L x M x 3): the share of its pixels close to its median colour, and
+    that colour."""
     med = np.median(lines, axis=1, keepdims=True)
     plain = np.abs(lines - med).max(axis=2) <= _TOLERANCE
-    out: NDArray[np.float64] = plain.mean(axis=1)
-    return out
+    return plain.mean(axis=1), med[:, 0, :].astype(np.int16)
 
 
-def _edge_cut(share: NDArray[np.float64]) -> int:
+def _edge_cut(share: NDArray[np.float64], colour: NDArray[np.int16]) -> int:
     """How many lines to cut from the start of ``share`` (the plain share of each line,
-    from the edge inwards): every plain line, and text runs between plain lines."""
+    from the edge inwards; ``colour``: each line's median colour): every plain line, and
+    text runs between plain lines. When the plain lines go on past the most one edge may
+    lose (a photo on a plain background, inside a plain frame), the cut is at the last
+    change of colour between plain lines (the frame's inner edge), if any."""
     n = len(share)
     limit = int(n * _MAX_EDGE)
     run = max(2, int(n * _TEXT_RUN))
     cut = i = 0
+    step = 0  # the last line where the plain colour changed
+    last_run = 0  # where the last run of text began
     while i < limit:
         if share[i] >= _PLAIN:
+            if i >= 2 and share[i - 2] >= _PLAIN and \
+                    np.abs(colour[i] - colour[i - 2]).max() > _TOLERANCE:
+                step = i
             i += 1
             cut = i
             continue
         j = i
-        while j < limit and _SPARSE <= share[j] < _PLAIN:
+        while j < min(limit, i + run + 1) and share[j] < _PLAIN:
             j += 1
-        if j >= limit or share[j] < _SPARSE or j - i > run:
+        # text on the margin: a short run between plain lines of the same colour
+        if (j >= limit or share[j] < _PLAIN or i == 0
+                or np.abs(colour[j] - colour[i - 1]).max() > _TOLERANCE):
             break
+        last_run = i
         i = j
+    else:  # plain (or text) up to the limit: cut at the frame's inner edge, if any
+        cut = max(step, last_run)
     return cut if cut >= max(1, int(n * _MIN_TRIM)) else 0
 
 
@@ -85,15 +98,15 @@ def trim_box(image: Image.Image) -> tuple[int, int, int, int] | None:
         region = a[top:bottom, left:right]
         if region.shape[0] < 8 or region.shape[1] < 8:
             return None
-        rows = _plain_share(region)
-        t, b = _edge_cut(rows), _edge_cut(rows[::-1])
+        rows, rc = _lines(region)
+        t, b = _edge_cut(rows, rc), _edge_cut(rows[::-1], rc[::-1])
         top, bottom = top + t, bottom - b
         region = a[top:bottom, left:right]
         if region.shape[0] < 8:
             return None
-        cols = _plain_share(region.transpose(1, 0, 2))
-        lc, rc = _edge_cut(cols), _edge_cut(cols[::-1])
-        left, right = left + lc, right - rc
+        cols, cc = _lines(region.transpose(1, 0, 2))
+        lc, rcut = _edge_cut(cols, cc), _edge_cut(cols[::-1], cc[::-1])
+        left, right = left + lc, right - rcut
         if (top, bottom, left, right) == before:
             break
     if (top, bottom, left, right) == (0, sh, 0, sw):
