@@ -47,7 +47,7 @@ from wildvision.preprocess import preprocess_image
 
 EDITS = ("scale", "jpeg", "crop", "hflip", "text", "rotate", "border")
 TARGET_FMR = 0.001
-FEATURES_VERSION = 3  # bump when the features (views) change: the cache is keyed on it
+FEATURES_VERSION = 4  # bump when the features (views) change: the cache is keyed on it
 HASH_CAP = 47  # the largest hash threshold the multi-index hash search finds exactly
 _POP = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 

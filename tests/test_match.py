@@ -3,6 +3,7 @@ file, editing, sharing, and matches in classification results with real edited p
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -195,6 +196,123 @@ def test_review_policy_and_hash_only_mode(real_index: tuple[MatchIndex, list[Pat
     crop = edits(shirt)["crop80"]  # PDQ does not survive this crop; the embedding does
     assert wv.classify_image(crop, match_index=hash_only).matches == ()
     assert wv.classify_image(crop, match_index=index).matches[0].by == "embedding"
+
+
+def _screenshot(img: Image.Image, canvas: tuple[int, int, int] = (248, 248, 248)
+                ) -> tuple[Image.Image, tuple[int, int]]:
+    """``img`` in a phone-screenshot frame: a dark status bar, a plain margin and a price
+    under the photo; returns the copy and where the photo sits in it."""
+    w, h = img.size
+    top, side = h // 6, w // 20
+    out = Image.new("RGB", (w + 2 * side, h + top + h // 3), canvas)
+    out.paste(img, (side, top))
+    d = ImageDraw.Draw(out)
+    d.rectangle((0, 0, out.width, top // 3), fill=(15, 15, 15))
+    d.text((side, top + h + 8), "Rare carved piece - DM", fill=(0, 0, 0))
+    d.text((side, top + h + 24), "$ 900, ships today", fill=(200, 0, 0))
+    return _jpeg(out, 85), (side, top)
+
+
+def test_trim_borders_on_real_framed_copies(shared_data: Path) -> None:
+    from wildvision.match.views import index_views, query_views, trim_borders, trim_box
+
+    tiger = Image.open(_first(shared_data / INDEXED[0][0])).convert("RGB")
+    assert trim_box(tiger) is None and query_views(tiger) == []  # a photo without a frame
+    w, h = tiger.size
+    letterbox = Image.new("RGB", (w, h + h // 2), (0, 0, 0))
+    letterbox.paste(tiger, (0, h // 4))
+    canvas = Image.new("RGB", (w * 2, h * 2), (255, 255, 255))
+    canvas.paste(tiger, (w // 3, h // 5))
+    framed, at = _screenshot(tiger)
+    for name, copy, (x, y) in (("screenshot", framed, at), ("letterbox", letterbox, (0, h // 4)),
+                               ("white canvas", canvas, (w // 3, h // 5))):
+        box = trim_box(_jpeg(copy, 80))
+        assert box is not None, name
+        tol = 0.03 * max(w, h) + 2
+        assert np.abs(np.array(box) - (x, y, x + w, y + h)).max() <= tol, (name, box)
+        (view,) = query_views(copy)
+        assert abs(view.width - w) <= tol and abs(view.height - h) <= tol
+    # a photo on its own plain (shaded) background in a frame: the frame and its text go
+    # (how far into the shaded background the cut goes varies; the index compares the
+    # photo, its trimmed view and its crops with both views of the query)
+    ivory = Image.open(_first(shared_data / INDEXED[1][0])).convert("RGB")
+    own = trim_box(ivory)
+    assert own is not None
+    copy, (x, y) = _screenshot(ivory, canvas=(235, 235, 250))
+    box = trim_box(copy)
+    assert box is not None
+    tol = 0.03 * max(ivory.size) + 2
+    assert box[0] >= x - tol and box[1] >= y - tol, box
+    assert box[2] <= x + ivory.width + tol and box[3] <= y + ivory.height + tol, box
+    # the index stores the trimmed photo (when it differs) and five crops of 70 % of it
+    views = index_views(copy)
+    assert len(views) == 6 and views[0].size == trim_borders(copy).size
+    assert all(abs(v.width * v.height / (views[0].width * views[0].height) - 0.7) < 0.02
+               for v in views[1:])
+    assert len(index_views(tiger)) == 5 and len(index_views(tiger, crops=False)) == 0
+
+
+def test_framed_and_cropped_copies_match_through_views(
+        real_index: tuple[MatchIndex, list[Path]]) -> None:
+    index, paths = real_index
+    assert index.header["views"] == "crops" and index.view_count >= 5 * len(index)
+    assert set(index.view_owner.tolist()) == set(range(len(index)))
+    tiger = Image.open(paths[0]).convert("RGB")
+    w, h = tiger.size
+    ivory = Image.open(paths[1]).convert("RGB")
+    copies = {
+        "screenshot": _screenshot(tiger)[0],
+        "ivory screenshot": _screenshot(ivory, canvas=(235, 235, 250))[0],
+        "corner crop 62 %": tiger.crop((0, int(h * 0.21), int(w * 0.79), h)),
+        "off-centre crop 64 %": tiger.crop((int(w * 0.2), 0, w, int(h * 0.8))),
+    }
+    clf = wv.Classifier(None, match_index=index, open_set=False)
+    clf_emb = wv.Classifier(None, return_embedding=True, open_set=False)
+    for name, copy in copies.items():
+        ref = "case-ivory" if name.startswith("ivory") else "case-tiger"
+        with_views = clf.classify(copy).matches
+        assert with_views and with_views[0].reference == ref, (name, with_views)
+        # the photo alone against the indexed photo alone (no views on either side)
+        emb = np.array(clf_emb.classify(copy).embedding, np.float32)
+        sim_plain = float(index.embeddings[index.references.index(ref)].astype(np.float32)
+                          @ (emb / np.linalg.norm(emb)))
+        assert with_views[0].similarity is not None
+        assert with_views[0].similarity > sim_plain + 0.01, (name, with_views[0], sim_plain)
+    # the screenshot's trimmed view also gives back the PDQ match the frame broke
+    shot = clf.classify(copies["screenshot"]).matches
+    assert shot is not None and shot[0].hash_distance is not None
+    assert shot[0].hash_distance <= 31
+
+
+def test_views_follow_their_entries(real_index: tuple[MatchIndex, list[Path]],
+                                    tmp_path: Path) -> None:
+    index, _ = real_index
+    back = load_index(index.save(tmp_path / "v.npz"))
+    for k, v in index.views().items():
+        assert np.array_equal(back.views()[k], v), k
+    edited = index.copy()
+    owners = [index.references[i] for i in index.view_owner]
+    edited.remove(["case-ivory"])
+    assert [edited.references[i] for i in edited.view_owner] == [
+        o for o in owners if o != "case-ivory"]
+    kept = np.array([o != "case-ivory" for o in owners])
+    assert np.array_equal(edited.view_embeddings, index.view_embeddings[kept])
+    shared = index.for_sharing(embeddings=False)
+    assert shared.view_count == index.view_count and shared.view_embeddings.shape[1] == 0
+    merged = edited.merge(index.for_sharing())
+    assert merged.view_count == edited.view_count + index.view_count
+    assert [merged.references[i] for i in merged.view_owner[edited.view_count:]] == \
+        [index.entry_ids()[i] for i in index.view_owner]
+    with np.load(tmp_path / "v.npz") as z:  # a view of no entry
+        arrays = {k: z[k] for k in z.files}
+    arrays["view_owner"] = arrays["view_owner"] + len(index)
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(MatchIndexError, match="no entry"):
+        load_index(tmp_path / "bad.npz")
+    del arrays["view_hashes"]
+    np.savez(tmp_path / "bad2.npz", **arrays)
+    with pytest.raises(MatchIndexError, match="incomplete view arrays"):
+        load_index(tmp_path / "bad2.npz")
 
 
 def test_model_mismatch_is_refused(real_index: tuple[MatchIndex, list[Path]],
@@ -414,6 +532,16 @@ def test_cli_build_classify_share_import(shared_data: Path, tmp_path: Path,
     assert rec["known_image"] is True and rec["decision"] == "flag"
     assert rec["matches"][0]["reference"] == "live_tiger/case-tiger.jpg"
     assert rec["matches"][0]["label"] == "live_tiger"
+    other = _first(shared_data / INDEXED[2][0])
+    assert main(["classify", str(query), str(other), "--match-index", str(index), "-f",
+                 "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0]["known_image"] == "True" and rows[0]["match_count"] >= "1"
+    assert rows[0]["match_reference"] == "live_tiger/case-tiger.jpg"
+    assert rows[0]["match_label"] == "live_tiger" and rows[0]["match_by"] in ("hash", "both")
+    assert float(rows[0]["match_similarity"]) > 0.9 and int(rows[0]["match_hash_distance"]) < 32
+    assert rows[1]["known_image"] == "False" and rows[1]["match_count"] == "0"
+    assert rows[1]["match_reference"] == ""
 
     shared, te = tmp_path / "shared.npz", tmp_path / "list.txt"
     assert main(["match", "export", str(index), "-o", str(shared)]) == 0

@@ -46,6 +46,9 @@ CSV_FIELDS = (
     "source", "ok", "decision", "flagged_groups", "top_group", "top_label",
     "top_label_probability", "group_probabilities", "familiarity", "unfamiliar", "model",
     "model_version", "image_sha256", "width", "height", "error_type", "message",
+    # with --match-index: the best match (the JSON lines list every match)
+    "known_image", "match_count", "match_reference", "match_label", "match_group",
+    "match_similarity", "match_hash_distance", "match_by",
 )
 
 

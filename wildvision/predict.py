@@ -55,6 +55,9 @@ ROW_FIELDS = (
     "source", "ok", "decision", "flagged_groups", "top_group", "top_label",
     "top_label_probability", "top_labels", "group_probabilities", "familiarity", "unfamiliar",
     "model", "model_version", "image_sha256", "width", "height", "error_type", "message",
+    # with a match index: whether the photo matched, how many matches, and the best one
+    "known_image", "match_count", "match_reference", "match_label", "match_group",
+    "match_similarity", "match_hash_distance", "match_by",
 )
 
 
@@ -199,6 +202,12 @@ class Prediction:
             model=d["model"], model_version=d["model_version"],
             image_sha256=d["image_sha256"], width=d["width"], height=d["height"],
         )
+        if self.matches is not None:  # the best match (the JSON lists them all)
+            best = d["matches"][0] if d["matches"] else {}
+            row.update(known_image=self.known_image, match_count=len(self.matches),
+                       match_reference=best.get("reference"), match_label=best.get("label"),
+                       match_group=best.get("group"), match_similarity=best.get("similarity"),
+                       match_hash_distance=best.get("hash_distance"), match_by=best.get("by"))
         row.update({f"prob_{g}": p for g, p in probs.items()})
         return row
 

@@ -93,20 +93,21 @@ def trim_box(image: Image.Image) -> tuple[int, int, int, int] | None:
     a = np.asarray(small, dtype=np.int16)
     sh, sw = a.shape[:2]
     top, bottom, left, right = 0, sh, 0, sw
-    for _ in range(3):  # rows, then columns inside them, then rows again
+    # rows over the columns kept, then columns over the rows kept, each from the image's
+    # edge, until neither moves: a frame's side margins do not change where its top and
+    # bottom end, so a framed copy is trimmed as its original is
+    for _ in range(4):
         before = (top, bottom, left, right)
-        region = a[top:bottom, left:right]
-        if region.shape[0] < 8 or region.shape[1] < 8:
+        region = a[:, left:right]
+        if region.shape[1] < 8:
             return None
         rows, rc = _lines(region)
-        t, b = _edge_cut(rows, rc), _edge_cut(rows[::-1], rc[::-1])
-        top, bottom = top + t, bottom - b
-        region = a[top:bottom, left:right]
+        top, bottom = _edge_cut(rows, rc), sh - _edge_cut(rows[::-1], rc[::-1])
+        region = a[top:bottom]
         if region.shape[0] < 8:
             return None
         cols, cc = _lines(region.transpose(1, 0, 2))
-        lc, rcut = _edge_cut(cols, cc), _edge_cut(cols[::-1], cc[::-1])
-        left, right = left + lc, right - rcut
+        left, right = _edge_cut(cols, cc), sw - _edge_cut(cols[::-1], cc[::-1])
         if (top, bottom, left, right) == before:
             break
     if (top, bottom, left, right) == (0, sh, 0, sw):
