@@ -488,6 +488,51 @@ def test_approximate_engines_agree_with_exact() -> None:
     assert none == [()] * 5
 
 
+def _flip(h: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    out = h.copy()
+    for b in bits:
+        out[b // 8] ^= np.uint8(1 << (7 - b % 8))
+    return out
+
+
+def test_engines_search_views_and_wide_hash_thresholds() -> None:
+    rng = np.random.default_rng(1)
+    n, d, v = 600, 48, 3
+    emb = rng.normal(size=(n, d)).astype(np.float32)
+    hashes = rng.integers(0, 256, (n, 32), dtype=np.uint8)
+    views = {"view_owner": np.repeat(np.arange(n), v),
+             "view_hashes": rng.integers(0, 256, (n * v, 32), dtype=np.uint8),
+             "view_quality": np.full(n * v, 100, np.uint8),
+             "view_embeddings": rng.normal(size=(n * v, d)).astype(np.float32)}
+    refs = [f"r{i}" for i in range(n)]
+    exact = MatchIndex({"embedding_dim": d}, engine="exact", similarity_threshold=0.9,
+                       hash_threshold=47)
+    exact.add(refs, refs, ["benign"] * n, hashes, np.full(n, 100, np.uint8), emb, views)
+    approx = exact.copy()
+    approx.engine = "ivf"
+    probe = rng.choice(n * v, 40, replace=False)  # queries near a view, far from its photo
+    queries = views["view_embeddings"][probe] + rng.normal(scale=0.1, size=(40, d))
+    from wildvision.match.index import PhotoKeys
+    # the hash 40 bits from the view's hash: found only with two bits flipped per MIH table
+    keys = [PhotoKeys((_flip(views["view_hashes"][j], rng.choice(256, 40, replace=False))
+                       .tobytes(),), (100,)) for j in probe]
+    owner = views["view_owner"][probe]
+    for index in (exact, approx):
+        by_emb = index.lookup([None] * 40, queries.astype(np.float32))
+        by_hash = index.lookup(keys, None)
+        for i in range(40):
+            assert by_emb[i] and by_emb[i][0].reference == f"r{owner[i]}", i
+            assert by_emb[i][0].similarity is not None and by_emb[i][0].similarity > 0.9
+            assert by_hash[i] and by_hash[i][0].reference == f"r{owner[i]}", i
+            assert by_hash[i][0].hash_distance == 40
+    assert approx._get_engines().hashes.nflip == 2
+    # a view embedding passed by the classifier (a query's trimmed view) is compared too
+    photo = rng.normal(size=(1, d)).astype(np.float32)  # the photo itself matches nothing
+    got = exact.lookup([None], photo, [emb[7:8] + 0.01])
+    assert got[0] and got[0][0].reference == "r7"
+    assert exact.lookup([None], photo) == [()]
+
+
 def test_missing_extra_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
@@ -522,6 +567,13 @@ def test_cli_build_classify_share_import(shared_data: Path, tmp_path: Path,
     summary = json.loads(out)
     assert summary["count"] == 2 and "broken.jpg" in err
     assert summary["groups"] == {"ivory": 1, "live_protected_animal": 1}
+    assert summary["views"] >= 10 and summary["bytes_per_photo_on_disk"] > 6 * 2 * 1280
+    lean = tmp_path / "lean.npz"
+    assert main(["match", "build", str(known), "-o", str(lean),
+                 "--views", "none"]) == 1
+    lean_summary = json.loads(capsys.readouterr().out)
+    assert lean_summary["views"] == 0 and lean_summary["count"] == 2
+    assert lean_summary["bytes_per_photo_on_disk"] == 32 + 1 + 2 * 1280
     assert main(["match", "show", str(index)]) == 0
     assert json.loads(capsys.readouterr().out)["model"] == "wildvision-base"
 
@@ -542,6 +594,17 @@ def test_cli_build_classify_share_import(shared_data: Path, tmp_path: Path,
     assert float(rows[0]["match_similarity"]) > 0.9 and int(rows[0]["match_hash_distance"]) < 32
     assert rows[1]["known_image"] == "False" and rows[1]["match_count"] == "0"
     assert rows[1]["match_reference"] == ""
+    # the match columns come with --match-index only; --resume needs the same columns
+    res = tmp_path / "res.csv"
+    assert main(["classify", str(query), "--match-index", str(index), "-f", "csv", "-o",
+                 str(res)]) == 0
+    assert main(["classify", str(query), "--match-index", str(index), "-f", "csv", "-o",
+                 str(res), "--resume"]) == 0
+    assert "1 of 1 inputs already done" in capsys.readouterr().err
+    assert main(["classify", str(query), "-f", "csv", "-o", str(res), "--resume"]) == 2
+    assert "match columns" in capsys.readouterr().err
+    assert main(["classify", str(query), "-f", "csv"]) == 0
+    assert "match_reference" not in capsys.readouterr().out
 
     shared, te = tmp_path / "shared.npz", tmp_path / "list.txt"
     assert main(["match", "export", str(index), "-o", str(shared)]) == 0

@@ -46,7 +46,9 @@ CSV_FIELDS = (
     "source", "ok", "decision", "flagged_groups", "top_group", "top_label",
     "top_label_probability", "group_probabilities", "familiarity", "unfamiliar", "model",
     "model_version", "image_sha256", "width", "height", "error_type", "message",
-    # with --match-index: the best match (the JSON lines list every match)
+)
+# added after CSV_FIELDS with --match-index: the best match (JSON lines list every match)
+MATCH_CSV_FIELDS = (
     "known_image", "match_count", "match_reference", "match_label", "match_group",
     "match_similarity", "match_hash_distance", "match_by",
 )
@@ -68,20 +70,25 @@ def _csv_unescape(value: str) -> str:
     return value[1:] if value.startswith("'") else value
 
 
-def _row_csv(result: Any) -> dict[str, Any]:
+def _csv_fields(matches: bool) -> list[str]:
+    return [*CSV_FIELDS, *(MATCH_CSV_FIELDS if matches else ())]
+
+
+def _row_csv(result: Any, fields: Sequence[str] = CSV_FIELDS) -> dict[str, Any]:
     row = result.to_row()
-    out = {k: row.get(k) for k in CSV_FIELDS}
+    out = {k: row.get(k) for k in fields}
     if row["flagged_groups"] is not None:
         out["flagged_groups"] = ";".join(row["flagged_groups"])
     return {k: _csv_escape(v) for k, v in out.items()}
 
 
 class _Writer:
-    def __init__(self, fmt: str, stream: TextIO, append: bool) -> None:
+    def __init__(self, fmt: str, stream: TextIO, append: bool, matches: bool = False) -> None:
         self.fmt, self.stream = fmt, stream
         self._csv: csv.DictWriter[str] | None = None
+        self._fields = _csv_fields(matches)
         if fmt == "csv":
-            self._csv = csv.DictWriter(stream, fieldnames=list(CSV_FIELDS))
+            self._csv = csv.DictWriter(stream, fieldnames=self._fields)
             if not append:
                 self._csv.writeheader()
         elif fmt == "table":
@@ -91,7 +98,7 @@ class _Writer:
 
     def write(self, result: Any) -> None:
         if self._csv is not None:
-            self._csv.writerow(_row_csv(result))
+            self._csv.writerow(_row_csv(result, self._fields))
             self.stream.flush()
             return
         d = result.to_dict()
@@ -110,7 +117,7 @@ class _Writer:
         self.stream.flush()
 
 
-def _load_done(path: Path, fmt: str) -> dict[str, bool]:
+def _load_done(path: Path, fmt: str, matches: bool = False) -> dict[str, bool]:
     """Inputs already in an earlier output file (for ``--resume``) -> whether they succeeded.
 
     The file must hold results in ``fmt``, every complete line of it: anything else (a CSV
@@ -145,8 +152,9 @@ def _load_done(path: Path, fmt: str) -> dict[str, bool]:
                 raise ConfigError(f"{not_results}: line {n} is not a result record")
             done[source] = ok
     elif text:
-        if text.split("\n", 1)[0].strip().split(",") != list(CSV_FIELDS):
-            raise ConfigError(f"{not_results}: the header differs")
+        if text.split("\n", 1)[0].strip().split(",") != _csv_fields(matches):
+            raise ConfigError(f"{not_results}: the header differs (match columns are "
+                              "written with --match-index only)")
         try:
             rows = list(csv.DictReader(io.StringIO(text, newline="")))
         except csv.Error as e:
@@ -194,7 +202,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     if args.resume:
         if not args.output or args.output == "-":
             raise ConfigError("--resume needs --output FILE")
-        done = _load_done(Path(args.output), args.format)
+        done = _load_done(Path(args.output), args.format, bool(args.match_index))
         before = len(inputs)
         failed = sum(1 for p in set(inputs) if done.get(p) is False)  # failed earlier
         inputs = [p for p in inputs if p not in done]
@@ -215,7 +223,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                 open(args.output, "a" if append else "w", encoding="utf-8", newline="")
             )
         stack.callback(progress.close)
-        writer = _Writer(args.format, out, append)
+        writer = _Writer(args.format, out, append, bool(args.match_index))
         for r in clf.iter_classify(inputs):
             writer.write(r)
             progress.update(r.ok)

@@ -52,13 +52,16 @@ def _report_failures(failures: list[Any]) -> int:
 
 def _summary(index: Any) -> dict[str, Any]:
     head = {k: v for k, v in index.header.items() if k != "policy"}
-    per_photo = 32 + 1 + 2 * index.embedding_dim
+    rows = len(index) + index.view_count  # each photo and each stored view
+    per_view = 32 + 1 + 2 * index.embedding_dim
+    per_photo = round((rows * per_view + 8 * index.view_count) / max(1, len(index)))
     return {
         **head,
         "count": len(index),
         "groups": dict(sorted(Counter(index.groups).items())),
         "low_quality_hashes": int((index.quality < 50).sum()),
         "policy": index.policy(),
+        "views": index.view_count,
         "bytes_per_photo_on_disk": per_photo,
     }
 
@@ -70,7 +73,7 @@ def run_build(args: argparse.Namespace) -> int:
     print(f"indexing {len(photos)} photos", file=sys.stderr)
     index, failures = build_index(photos, model=args.model, precision=args.precision,
                                   batch_size=args.batch_size, threads=args.threads,
-                                  **_settings(args))
+                                  views=args.views, **_settings(args))
     index.save(args.output)
     print(json.dumps({"index": args.output, **_summary(index)}, indent=2))
     return _report_failures(failures)
@@ -200,6 +203,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="which matches count (default: either)")
     b.add_argument("--decision", choices=("flag", "review"), default=None,
                    help="decision of a photo with a match (default: flag)")
+    b.add_argument("--views", choices=("crops", "trim", "none"), default="crops",
+                   help="extra views stored per photo: crops (default: the photo without "
+                   "its border and five crops; matches crops and framed copies; about 6x "
+                   "the memory), trim (only the photo without its border) or none")
     b.set_defaults(func=run_build)
 
     a = sub.add_parser("add", help="add photos to an index (rewritten in place, atomically)")

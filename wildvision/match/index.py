@@ -23,11 +23,12 @@ embeddings, as for the entries (:mod:`.views`: the photo without its border, and
 An entry matches a query with the best similarity and the smallest hash distance over the
 entry's photo and views against the query's photo and views.
 
-Search: FAISS (``faiss-cpu``): inner product over the unit embeddings, exact
-(``IndexFlatIP``) under :data:`APPROX_MIN` entries and approximate (IVF with 8-bit scalar
-quantisation, re-ranked exactly) from there; Hamming search over the PDQ hashes with a
-brute-force binary index or, from :data:`APPROX_MIN` entries, FAISS's multi-index hashing
-(16 tables of 16 bits; with one bit flipped per table every hash within distance 31 is found).
+Search: FAISS (``faiss-cpu``): inner product over the unit embeddings of the photos and their
+views, exact (``IndexFlatIP``) under :data:`APPROX_MIN` rows and approximate (IVF with 8-bit
+scalar quantisation, re-ranked exactly) from there; Hamming search over the PDQ hashes with a
+brute-force binary index or, from :data:`APPROX_MIN` rows, FAISS's multi-index hashing (16
+tables of 16 bits; with one bit flipped per table every hash within distance 31 is found, with
+two, within 47).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ INDEX_FORMAT_VERSION = 1
 DEFAULT_HASH_THRESHOLD = 31
 DEFAULT_SIMILARITY_THRESHOLD = 0.90
 VIEW_ARRAYS = ("view_owner", "view_hashes", "view_quality", "view_embeddings")
-APPROX_MIN = 100_000  # from this many entries: approximate search (both: match_speed.py)
+APPROX_MIN = 100_000  # from this many rows (photos + views): approximate search (match_speed.py)
 MODES = ("either", "hash", "embedding", "both")
 ENGINES = ("auto", "exact", "ivf")
 
@@ -130,7 +131,8 @@ class MatchIndex:
         mode: which matches count: ``either`` (default), ``hash``, ``embedding`` or ``both``.
         decision: the decision a photo with a match gets at least (``flag`` or ``review``).
         top_k: matches listed per photo at most.
-        engine: ``auto`` (exact under :data:`APPROX_MIN` entries), ``exact`` or ``ivf``.
+        engine: ``auto`` (exact under :data:`APPROX_MIN` rows: photos and their views),
+            ``exact`` or ``ivf``.
         nprobe: IVF lists searched per query (approximate engine).
     """
 
@@ -418,7 +420,8 @@ class MatchIndex:
     # -- search engines ---------------------------------------------------------------------
     def _engine_kind(self) -> str:
         if self.engine == "auto":
-            return "exact" if len(self) < APPROX_MIN else "ivf"
+            # rows searched: photos and their views
+            return "exact" if len(self) + self.view_count < APPROX_MIN else "ivf"
         return self.engine
 
     def _get_engines(self) -> _Engines:
@@ -444,7 +447,8 @@ class MatchIndex:
             if kind == "exact":
                 eng.emb = faiss.IndexFlatIP(d)
             else:
-                nlist = int(min(max(16, 4 * np.sqrt(n)), max(1, n // 39)))
+                rows = n + nv
+                nlist = int(min(max(16, 4 * np.sqrt(rows)), max(1, n // 39)))
                 quant = faiss.IndexFlatIP(d)
                 ivf = faiss.IndexIVFScalarQuantizer(quant, d, nlist,
                                                     faiss.ScalarQuantizer.QT_8bit,
@@ -466,9 +470,10 @@ class MatchIndex:
                 hidx = faiss.IndexBinaryFlat(8 * HASH_BYTES)
             else:
                 hidx = faiss.IndexBinaryMultiHash(8 * HASH_BYTES, 16, 16)
-                # 16 tables of 16 bits, one bit flipped per table: every hash within
-                # 16 * 2 - 1 = 31 bits shares a table key with the query (pigeonhole).
-                hidx.nflip = 1 if self.hash_threshold <= 31 else 2
+                # 16 tables of 16 bits, f bits flipped per table: every hash within
+                # 16 * (f + 1) - 1 bits shares a table key with the query (pigeonhole);
+                # f = 1 up to distance 31, 2 up to 47, 3 up to 63.
+                hidx.nflip = max(1, (self.hash_threshold + 1 + 15) // 16 - 1)
             hidx.add(np.ascontiguousarray(
                 (np.concatenate([self.hashes, self.view_hashes]) if nv else self.hashes)[good]))
             eng.hashes = hidx
