@@ -381,27 +381,11 @@ class MatchIndex:
             if not len(ids_):
                 out.append(())
                 continue
-            q = qs[row]
+            sims, dists = self._score(eng, ids_, qs[row], qhash[row])
             found = []
-            for i in ids_.tolist():
-                vrows = eng.view_order[eng.view_start[i]:eng.view_start[i + 1]]
-                sim = dist = None
-                if q is not None:
-                    e = self.embeddings[i:i + 1]
-                    if len(vrows):
-                        e = np.concatenate([e, self.view_embeddings[vrows]])
-                    e = e[e.any(axis=1)]
-                    if len(e):
-                        sim = float((e.astype(np.float32) @ q.T).max())
-                qh = qhash[row]
-                if qh is not None:
-                    good = self.quality[i] >= MIN_QUALITY
-                    h = self.hashes[i:i + 1] if good else self.hashes[:0]
-                    if len(vrows):
-                        vgood = vrows[self.view_quality[vrows] >= MIN_QUALITY]
-                        h = np.concatenate([h, self.view_hashes[vgood]])
-                    if len(h):
-                        dist = int(hamming(h[:, None, :], qh[None, :, :]).min())
+            for j, i in enumerate(ids_.tolist()):
+                sim = None if sims is None or not np.isfinite(sims[j]) else float(sims[j])
+                dist = None if dists is None or dists[j] > 256 else int(dists[j])
                 by_hash = dist is not None and dist <= self.hash_threshold
                 by_emb = sim is not None and sim >= self.similarity_threshold
                 ok = {"either": by_hash or by_emb, "hash": by_hash, "embedding": by_emb,
@@ -416,6 +400,34 @@ class MatchIndex:
                                       m.hash_distance if m.hash_distance is not None else 999))
             out.append(tuple(found[: self.top_k]))
         return out
+
+    def _score(self, eng: _Engines, ids: NDArray[np.int64], q: NDArray[np.float32] | None,
+               qh: NDArray[np.uint8] | None
+               ) -> tuple[NDArray[np.float32] | None, NDArray[np.int64] | None]:
+        """Best similarity (-inf: no embedding) and smallest hash distance (999: no usable
+        hash) of entries ``ids`` over their photo and views, against the query's vectors
+        ``q`` and hashes ``qh``."""
+        counts = eng.view_start[ids + 1] - eng.view_start[ids]
+        total = int(counts.sum())
+        first = np.repeat(eng.view_start[ids], counts)
+        offset = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+        vrows = eng.view_order[first + offset]
+        pos = np.concatenate([np.arange(len(ids)), np.repeat(np.arange(len(ids)), counts)])
+        sims = dists = None
+        if q is not None:
+            e = np.concatenate([self.embeddings[ids], self.view_embeddings[vrows]])
+            s = (e.astype(np.float32) @ q.T).max(axis=1)
+            s[~e.any(axis=1)] = -np.inf  # an entry without an embedding (a hash-only one)
+            sims = np.full(len(ids), -np.inf, np.float32)
+            np.maximum.at(sims, pos, s)
+        if qh is not None:
+            h = np.concatenate([self.hashes[ids], self.view_hashes[vrows]])
+            good = np.concatenate([self.quality[ids], self.view_quality[vrows]]) >= MIN_QUALITY
+            d = hamming(h[:, None, :], qh[None, :, :]).min(axis=1)
+            d[~good] = 999
+            dists = np.full(len(ids), 999, np.int64)
+            np.minimum.at(dists, pos, d)
+        return sims, dists
 
     # -- search engines ---------------------------------------------------------------------
     def _engine_kind(self) -> str:
