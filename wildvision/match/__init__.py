@@ -32,13 +32,14 @@ __all__ = [
     "photos_from_folder",
     "photos_from_manifest",
     "read_pdq_list",
+    "trim_borders",
 ]
 
 _LAZY = {
     "MatchIndex": "index", "load_index": "store", "read_pdq_list": "store",
     "KnownPhoto": "build", "add_photos": "build", "build_index": "build",
     "photos_from_folder": "build", "photos_from_manifest": "build",
-    "pdq_hash": "pdq",
+    "pdq_hash": "pdq", "trim_borders": "views",
 }
 
 
