@@ -15,7 +15,10 @@ alternating, so that machine load hits both alike:
   knows only the new labels ([train] extra, torch).
 
 Reports the wall time of each (median over rounds), their ratio, and the number of photos.
-``--base`` must carry an extension bank (``wildvision export bank BASE --data MANIFEST``).
+``--base`` must carry an extension bank (``wildvision export bank BASE --data MANIFEST``). A
+base that already knows those labels (the default model 2.0.0 was trained on these folders)
+is first copied without them (``wildvision.extend.drop_labels``, not timed), so that what is
+timed is always adding new labels to the head.
 ``--skip-head-only`` times ``extend`` alone (no [train] extra needed).
 """
 
@@ -85,6 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    known = [label for _, label, _ in FOLDERS if label in load_package(a.base).card.labels]
+    base = a.base
+    if known:
+        from wildvision.extend import drop_labels
+
+        base = os.fspath(out / "base-without-new-labels")
+        shutil.rmtree(base, ignore_errors=True)
+        drop_labels(a.base, known, base)
+        print(f"{a.base} knows {known}: timing against a copy without them ({base})")
     manifest = out / "new.csv"
     n = _manifest(Path(a.data_root), a.photos, manifest)
     exe = [sys.executable, "-m", "wildvision.cli"]
@@ -93,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(a.rounds):
         target = out / f"extended-{r}"
         shutil.rmtree(target, ignore_errors=True)
-        times["extend"].append(_timed([*exe, "extend", "--base", a.base, "--data",
+        times["extend"].append(_timed([*exe, "extend", "--base", base, "--data",
                                        str(manifest), "--out", str(target)]))
         if not a.skip_head_only:
             run = out / f"head-only-{r}"
@@ -103,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                                               "--head-only", "-q"]))
         load.append(os.getloadavg()[0])
     report: dict[str, object] = {
-        "photos": n, "rounds": a.rounds, "base": a.base,
+        "photos": n, "rounds": a.rounds, "base": a.base, "labels_dropped_first": known,
         "extend_s": round(statistics.median(times["extend"]), 2),
         "extend_all_s": [round(t, 2) for t in times["extend"]],
         "load_avg_1min": [round(x, 2) for x in load], "cpus": os.cpu_count(),
