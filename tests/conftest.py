@@ -101,7 +101,8 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
-    """The tiny random test model package (``tests/data/tiny-model``)."""
+    """The tiny test model package (``tests/data/tiny-model``): its outputs follow a colour rule
+    (tests/make_tiny_model.py), so they differ between images."""
     assert (TINY_MODEL_DIR / "card.json").is_file(), (
         f"{TINY_MODEL_DIR} is missing; rebuild it with: python tests/make_tiny_model.py"
     )
@@ -133,14 +134,19 @@ def shared_data() -> Path:
 # -- generated image fixtures ---------------------------------------------------------------
 
 
-def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
-    """A deterministic photo-like RGB image: smooth colour gradients, a few shapes, mild noise."""
+def photo_like(width: int, height: int, seed: int = 0, *, grey: bool = False) -> Image.Image:
+    """A deterministic photo-like RGB image: smooth colour gradients around a base colour that
+    differs between seeds (so the tiny model's colour rule gives different images different
+    outputs), a few shapes, mild noise. ``grey``: gradients around mid grey, stronger (the
+    images this function made before the base colour varied)."""
     rng = np.random.default_rng(seed)
+    base = np.full(3, 127.0) if grey else np.random.default_rng([seed, 1]).uniform(20, 235, 3)
+    amplitude = 90 if grey else 60
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     img = np.zeros((height, width, 3), np.float32)
     for c in range(3):
         fx, fy, ph = rng.uniform(0.5, 3.0), rng.uniform(0.5, 3.0), rng.uniform(0, 6.3)
-        img[..., c] = 127 + 90 * np.sin(fx * x / max(width, 1) * 6.3 + ph) * np.cos(
+        img[..., c] = float(base[c]) + amplitude * np.sin(fx * x / max(width, 1) * 6.3 + ph) * np.cos(
             fy * y / max(height, 1) * 6.3
         )
     for _ in range(3):  # a few flat rectangles: edges, like objects on a background

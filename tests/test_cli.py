@@ -112,13 +112,19 @@ def test_exit_0_when_all_ok_and_table_format(tiny_model_dir: Path, photo_files: 
 
 def test_threshold_option(tiny_model_dir: Path, photo_files: list[Path],
                           capsys: pytest.CaptureFixture[str]) -> None:
+    # the ivory probability of this photo, then thresholds below it (read from the model's
+    # output: the tiny model's probabilities differ between images)
+    assert main(["classify", str(photo_files[0]), "-m", str(tiny_model_dir)]) == 0
+    prob = json.loads(capsys.readouterr().out)["groups"]["ivory"]["probability"]
+    assert 0 < prob < 0.5
+    flag, review = float(f"{prob * 0.9:.3g}"), float(f"{prob * 0.5:.3g}")
     assert main(["classify", str(photo_files[0]), "-m", str(tiny_model_dir),
-                 "--threshold", "ivory=0.01:0.005", "--threshold", "pangolin=0.99"]) == 0
+                 "--threshold", f"ivory={flag}:{review}", "--threshold", "pangolin=0.99"]) == 0
     rec = json.loads(capsys.readouterr().out)
-    assert rec["groups"]["ivory"]["flag_threshold"] == 0.01
-    assert rec["groups"]["ivory"]["review_threshold"] == 0.005
-    assert rec["groups"]["ivory"]["decision"] == "flag"  # ivory probability is > 0.01
-    assert rec["groups"]["ivory"]["probability"] >= 0.01
+    assert rec["groups"]["ivory"]["flag_threshold"] == flag
+    assert rec["groups"]["ivory"]["review_threshold"] == review
+    assert rec["groups"]["ivory"]["decision"] == "flag"  # the card's flag threshold is 0.5
+    assert rec["groups"]["ivory"]["probability"] == prob
     assert rec["groups"]["pangolin"]["flag_threshold"] == 0.99
     assert "ivory" in rec["flagged_groups"] and rec["decision"] == "flag"
 

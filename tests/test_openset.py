@@ -99,8 +99,11 @@ def test_export_familiarity_and_the_gate_in_predictions(tiny_model_dir: Path,
                                                         tmp_path: Path) -> None:
     pkg = tmp_path / "model"
     shutil.copytree(tiny_model_dir, pkg)
-    # flag everything as ivory, so every validation image is a "correct flag"
+    # flag everything as ivory, so every validation image is a "correct flag", and nothing as
+    # another group (the tiny model's probabilities differ between images; only ivory is gated)
     card = json.loads((pkg / "card.json").read_text(encoding="utf-8"))
+    for group in card["thresholds"]:
+        card["thresholds"][group] = {"flag": 1.0, "review": 1.0}
     card["thresholds"]["ivory"] = {"flag": 0.0, "review": 0.0}
     (pkg / "card.json").write_text(json.dumps(card), encoding="utf-8")
     train, val = _photos(tmp_path / "train", 30, 0), _photos(tmp_path / "val", 10, 500)

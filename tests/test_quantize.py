@@ -47,35 +47,19 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def sharp_model(tiny_model_dir: Path, images: dict[str, list[str]],
-                tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny test model with its classifier rescaled so that the top label depends on the
-    image. (The random tiny model's logits are nearly constant: its top label is the same for
-    every input, so top-1 agreement would be 1.0 whatever the INT8 model did.)"""
-    pkg = tmp_path_factory.mktemp("sharp") / "model"
+def fp32_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny test model: its top label depends on the image (a colour rule), so
+    top-1 agreement between FP32 and INT8 is not trivially 1.0."""
+    pkg = tmp_path_factory.mktemp("fp32") / "model"
     shutil.copytree(tiny_model_dir, pkg)
-    clf = Classifier(pkg)
-    x = np.stack([clf._prepare(0, f).tensor for f in images["calib"]])
-    emb = clf.backend.run(x)["embedding"]
-    mu, sd = emb.mean(0), emb.std(0) + 1e-12
-    model = onnx.load(pkg / "model.onnx")
-    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
-    inits = {i.name: i for i in model.graph.initializer}
-    w = numpy_helper.to_array(inits[gemm.input[1]]) / sd[None, :]  # (labels, dim), transB=1
-    w = w / ((emb - mu) @ w.T).std()
-    b = -(w @ mu)
-    inits[gemm.input[1]].CopyFrom(numpy_helper.from_array(w.astype(np.float32), gemm.input[1]))
-    inits[gemm.input[2]].CopyFrom(numpy_helper.from_array(b.astype(np.float32), gemm.input[2]))
-    onnx.save(model, pkg / "model.onnx")
-    write_card(pkg, load_package(pkg, verify=False).card)
     return pkg
 
 
 @pytest.fixture(scope="module")
-def int8_model(sharp_model: Path, images: dict[str, list[str]],
+def int8_model(fp32_model: Path, images: dict[str, list[str]],
                tmp_path_factory: pytest.TempPathFactory) -> Path:
     pkg = tmp_path_factory.mktemp("int8") / "model"
-    shutil.copytree(sharp_model, pkg)
+    shutil.copytree(fp32_model, pkg)
     path = quantize_package(pkg, images["calib"], method="static")
     assert path == pkg / "model.int8.onnx"
     return pkg
@@ -131,16 +115,23 @@ def test_agreement_detects_a_different_model(int8_model: Path, tiny_model_dir: P
                                              tmp_path: Path) -> None:
     pkg = tmp_path / "mismatch"
     shutil.copytree(int8_model, pkg)
-    # an "int8 model" that is really the unsharpened tiny model: must not agree
-    shutil.copyfile(tiny_model_dir / "model.onnx", pkg / "model.int8.onnx")
+    # an "int8 model" that is really another model (the tiny model with its classifier rows
+    # shifted by one label): must not agree
+    model = onnx.load(tiny_model_dir / "model.onnx")
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    for name in gemm.input[1:3]:
+        init = next(i for i in model.graph.initializer if i.name == name)
+        rolled = np.roll(numpy_helper.to_array(init), 1, axis=0)
+        init.CopyFrom(numpy_helper.from_array(rolled, name))
+    onnx.save(model, pkg / "model.int8.onnx")
     write_card(pkg, load_package(pkg, verify=False).card)
     assert measure_agreement(pkg, images["check"])["top1_agreement"] < 0.5
 
 
-def test_dynamic_method_makes_a_loadable_model(sharp_model: Path, images: dict[str, list[str]],
+def test_dynamic_method_makes_a_loadable_model(fp32_model: Path, images: dict[str, list[str]],
                                                tmp_path: Path) -> None:
     pkg = tmp_path / "dyn"
-    shutil.copytree(sharp_model, pkg)
+    shutil.copytree(fp32_model, pkg)
     quantize_package(pkg, images["calib"][:10], method="dynamic")
     rec = load_package(pkg).card.extra["int8"]
     assert rec["method"] == "dynamic" and rec["calibration_images"] == 0
@@ -148,19 +139,19 @@ def test_dynamic_method_makes_a_loadable_model(sharp_model: Path, images: dict[s
     assert r.ok
 
 
-def test_bad_requests(sharp_model: Path, tmp_path: Path, images: dict[str, list[str]]) -> None:
+def test_bad_requests(fp32_model: Path, tmp_path: Path, images: dict[str, list[str]]) -> None:
     with pytest.raises(ConfigError, match="method"):
-        quantize_package(sharp_model, images["calib"], method="fp16")
+        quantize_package(fp32_model, images["calib"], method="fp16")
     with pytest.raises(ConfigError, match="at least one"):
-        quantize_package(sharp_model, [])
+        quantize_package(fp32_model, [])
     with pytest.raises(ModelIntegrityError, match=r"model\.int8\.onnx"):
-        measure_agreement(sharp_model, images["check"][:2])
+        measure_agreement(fp32_model, images["check"][:2])
     with pytest.raises(ConfigError, match=r"manifest \.csv or a folder"):
         calibration_images(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no calibration images"):
         calibration_images(tmp_path / "empty")
-    assert "model.int8.onnx" not in load_package(sharp_model).card.files
+    assert "model.int8.onnx" not in load_package(fp32_model).card.files
 
 
 def test_calibration_images_from_a_manifest_split(tmp_path: Path,
@@ -180,11 +171,11 @@ def test_calibration_images_from_a_manifest_split(tmp_path: Path,
     assert calibration_images(root, limit=None) == sorted(images["calib"])
 
 
-def test_cli_export_int8_then_classify(sharp_model: Path, images: dict[str, list[str]],
+def test_cli_export_int8_then_classify(fp32_model: Path, images: dict[str, list[str]],
                                        tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                        ) -> None:
     pkg = tmp_path / "cli-model"
-    shutil.copytree(sharp_model, pkg)
+    shutil.copytree(fp32_model, pkg)
     calib_dir = str(Path(images["calib"][0]).parent)
     assert main(["export", "int8", str(pkg), "--calib", calib_dir, "--limit", "20"]) == 0
     out = json.loads(capsys.readouterr().out)
