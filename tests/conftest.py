@@ -146,9 +146,8 @@ def photo_like(width: int, height: int, seed: int = 0, *, grey: bool = False) ->
     img = np.zeros((height, width, 3), np.float32)
     for c in range(3):
         fx, fy, ph = rng.uniform(0.5, 3.0), rng.uniform(0.5, 3.0), rng.uniform(0, 6.3)
-        img[..., c] = float(base[c]) + amplitude * np.sin(fx * x / max(width, 1) * 6.3 + ph) * np.cos(
-            fy * y / max(height, 1) * 6.3
-        )
+        img[..., c] = float(base[c]) + amplitude * np.sin(
+            fx * x / max(width, 1) * 6.3 + ph) * np.cos(fy * y / max(height, 1) * 6.3)
     for _ in range(3):  # a few flat rectangles: edges, like objects on a background
         x0, y0 = rng.integers(0, max(width, 2) - 1), rng.integers(0, max(height, 2) - 1)
         x1, y1 = x0 + rng.integers(1, max(width // 2, 2)), y0 + rng.integers(1, max(height // 2, 2))

@@ -65,6 +65,10 @@ def test_batch_results_do_not_depend_on_batching(clf: Classifier, photo_files: l
                                                 image_zoo: dict[str, ZooItem]) -> None:
     inputs: list[Any] = [str(p) for p in photo_files[:7]] + [str(image_zoo["empty.jpg"].path)]
     one_by_one = [clf.classify(p).to_dict() for p in inputs[:7]]
+    # the photos get different outputs (the tiny model follows a colour rule), so results
+    # attached to the wrong image would show
+    assert len({d["decision"] for d in one_by_one}) >= 2
+    assert len({d["top_labels"][0]["label"] for d in one_by_one}) >= 3
     for bs in (1, 3, 32):
         res = [r.to_dict() for r in clf.iter_classify(iter(inputs), batch_size=bs)]
         assert len(res) == 8 and res[7]["ok"] is False
