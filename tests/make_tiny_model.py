@@ -12,8 +12,9 @@ probabilities are ``softmax_k(-||c - p_k||^2 / TAU)``: the top label is the prot
 the image's mean colour, confident near a prototype and spread out between prototypes. The
 network (seeded initialisation) is trained for a few hundred steps on generated images
 (``training_images``: textured colour fields, some blended with photo-like patterns) with the
-rule's probabilities as soft targets; it follows the rule for about 95% of new generated images
-(top label), and for the prototype colours themselves.
+rule's probabilities as soft targets. ``--measure`` prints how closely it follows the rule (top
+label): 95% of 100 new textured colour fields, 83% of 100 of the tests' photo-like images
+(their rectangles of other colours are harder), and the prototype colours themselves.
 
 Strong prototype colours are flagged (ivory-white, dark brown, brown, red, orange, grey: the
 protected groups) or pass (green, blue, purple: benign); colours between a protected and a
@@ -61,10 +62,10 @@ STEPS, BATCH, LR = 400, 64, 3e-3  # AdamW with a one-cycle schedule
 _RULE = "; ".join(f"{lab} RGB {PROTOTYPES[lab]}" for lab in LABELS)
 DESCRIPTION = (
     "Test model (tests/make_tiny_model.py), fitted on generated images (never a photo) to a "
-    "colour rule: its outputs mean nothing about wildlife. Its top label is, for about 95% of "
-    "images, the label whose prototype colour is nearest the image's mean colour "
+    "colour rule: its outputs mean nothing about wildlife. Its top label is mostly the label "
+    "whose prototype colour is nearest the image's mean colour "
     f"({_RULE}). It lets the tests run without real weights and see different images get "
-    "different outputs."
+    "different outputs (python tests/make_tiny_model.py --measure)."
 )
 
 
