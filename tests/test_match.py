@@ -266,7 +266,9 @@ def test_framed_and_cropped_copies_match_through_views(
         "corner crop 62 %": tiger.crop((0, int(h * 0.21), int(w * 0.79), h)),
         "off-centre crop 64 %": tiger.crop((int(w * 0.2), 0, w, int(h * 0.8))),
     }
-    clf = wv.Classifier(None, match_index=index, open_set=False)
+    loose = index.copy()  # the views at work, below the default threshold too
+    loose.similarity_threshold = 0.85
+    clf = wv.Classifier(None, match_index=loose, open_set=False)
     clf_emb = wv.Classifier(None, return_embedding=True, open_set=False)
     for name, copy in copies.items():
         ref = "case-ivory" if name.startswith("ivory") else "case-tiger"
@@ -278,8 +280,13 @@ def test_framed_and_cropped_copies_match_through_views(
                           @ (emb / np.linalg.norm(emb)))
         assert with_views[0].similarity is not None
         assert with_views[0].similarity > sim_plain + 0.01, (name, with_views[0], sim_plain)
+    # with the default thresholds, the tiger's copies match
+    default = wv.Classifier(None, match_index=index, open_set=False)
+    for name in ("screenshot", "corner crop 62 %", "off-centre crop 64 %"):
+        got = default.classify(copies[name]).matches
+        assert got and got[0].reference == "case-tiger", (name, got)
     # the screenshot's trimmed view also gives back the PDQ match the frame broke
-    shot = clf.classify(copies["screenshot"]).matches
+    shot = default.classify(copies["screenshot"]).matches
     assert shot is not None and shot[0].hash_distance is not None
     assert shot[0].hash_distance <= 31
 

@@ -196,7 +196,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     b.add_argument("-o", "--output", required=True, metavar="INDEX.npz")
     _model_args(b)
     b.add_argument("--hash-threshold", type=int, default=None,
-                   help="PDQ distance <= this is a match (default 31)")
+                   help="PDQ distance <= this is a match (default 47)")
     b.add_argument("--similarity-threshold", type=float, default=None,
                    help="embedding cosine >= this is a match (default: see docs/match.md)")
     b.add_argument("--mode", choices=("either", "hash", "embedding", "both"), default=None,

@@ -66,10 +66,11 @@ __all__ = [
 
 INDEX_FORMAT = "wildvision-match-index"
 INDEX_FORMAT_VERSION = 1
-# The similarity threshold is the one benchmarks/match_robustness.py chose (<= 0.1 % of
-# unrelated photos matching, docs/match.md); the hash threshold is the usual PDQ one.
-DEFAULT_HASH_THRESHOLD = 31
-DEFAULT_SIMILARITY_THRESHOLD = 0.90
+# The combined rule's thresholds benchmarks/match_robustness.py chose for wildvision-base 2.0.0
+# with the default views (hash first, at most 47, then the loosest similarity keeping <= 0.1 %
+# of 5,000 unrelated photos matching an index of 500; docs/match.md has the run).
+DEFAULT_HASH_THRESHOLD = 47
+DEFAULT_SIMILARITY_THRESHOLD = 0.946
 VIEW_ARRAYS = ("view_owner", "view_hashes", "view_quality", "view_embeddings")
 APPROX_MIN = 100_000  # from this many rows (photos + views): approximate search (match_speed.py)
 MODES = ("either", "hash", "embedding", "both")
@@ -126,7 +127,7 @@ class MatchIndex:
     it to :class:`~wildvision.Classifier` / ``classify_images(..., match_index=...)``.
 
     Attributes:
-        hash_threshold: a PDQ distance ``<=`` this is a hash match (default 31).
+        hash_threshold: a PDQ distance ``<=`` this is a hash match (default 47).
         similarity_threshold: an embedding cosine ``>=`` this is an embedding match.
         mode: which matches count: ``either`` (default), ``hash``, ``embedding`` or ``both``.
         decision: the decision a photo with a match gets at least (``flag`` or ``review``).
