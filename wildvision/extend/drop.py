@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,11 +26,11 @@ from .._version import __version__
 from ..bank import BANK_FILE, TRAIN, Bank, package_bank
 from ..errors import ConfigError
 from ..head import HEAD_FILE, LinearHead, head_weights
-from ..modelcard_md import write_card
 from ..modelpack import ModelPackage, load_package, sha256_file
 from ..openset import FAMILIARITY_FILE, Familiarity, load_familiarity
 from ..registry import load_model
 from ..scores import unit_rows
+from .extension import write_head_package
 
 __all__ = ["drop_labels"]
 
@@ -163,23 +161,5 @@ def drop_labels(
                     "(rows removed from its head, extension bank and open-set gate).",
         metrics={}, extra=extra)
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
-    try:
-        for fname in card.files:
-            if fname.endswith(".onnx"):
-                shutil.copy2(pkg.path / fname, tmp / fname)
-        head.save(tmp / HEAD_FILE)
-        if new_bank is not None:
-            new_bank.save(tmp / BANK_FILE)
-        if gate is not None:
-            gate.save(tmp / FAMILIARITY_FILE)
-        write_card(tmp, new_card)
-        load_package(tmp)  # every hash verified before it is in place
-        if out_path.exists():
-            out_path.rmdir()  # empty (checked)
-        os.replace(tmp, out_path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_head_package(pkg, out_path, new_card, head, new_bank, gate)
     return load_package(out_path)

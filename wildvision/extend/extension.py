@@ -184,6 +184,34 @@ def _check_out(out: Path) -> None:
                           "package (nothing was written)")
 
 
+def write_head_package(base: ModelPackage, out: Path, card: ModelCard, head: LinearHead,
+                       bank: Bank | None, gate: Familiarity | None) -> ModelCard:
+    """Write a package of ``base``'s ONNX files with ``head`` (and ``bank``, ``gate``) and
+    ``card`` into ``out`` atomically: built in a temporary sibling folder, every hash verified,
+    then renamed into place (``out`` must not exist or be empty). Returns the written card."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for fname in base.card.files:
+            if fname.endswith(".onnx"):
+                shutil.copy2(base.path / fname, tmp / fname)
+        head.save(tmp / HEAD_FILE)
+        if bank is not None:
+            bank.save(tmp / BANK_FILE)
+        if gate is not None:
+            gate.save(tmp / FAMILIARITY_FILE)
+        written = write_card(tmp, card)
+        load_package(tmp)  # verify every hash before it is in place
+        _check_out(out)
+        if out.exists():
+            out.rmdir()  # empty (checked)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return written
+
+
 def extend_model(
     base: str | os.PathLike[str] | ModelPackage | None,
     data: NewData | str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
@@ -584,25 +612,7 @@ def extend_model(
                                  "array_bytes": new_bank.nbytes(),
                                  "extended_with": len(y_new)}},
     )
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
-    try:
-        for fname in card.files:
-            if fname.endswith(".onnx"):
-                shutil.copy2(pkg.path / fname, tmp / fname)
-        head.save(tmp / HEAD_FILE)
-        new_bank.save(tmp / BANK_FILE)
-        if gate is not None:
-            gate.save(tmp / FAMILIARITY_FILE)
-        written = write_card(tmp, new_card)
-        load_package(tmp)  # verify every hash before it is in place
-        _check_out(out_path)
-        if out_path.exists():
-            out_path.rmdir()  # empty (checked)
-        os.replace(tmp, out_path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    written = write_head_package(pkg, out_path, new_card, head, new_bank, gate)
     say(f"extend: wrote {out_path} ({len(labels)} labels; "
         f"{json.dumps({g: t.to_dict() for g, t in thresholds.items()})})")
     return ExtensionResult(out_path, written, retention, new_metrics, emb.failures,
