@@ -520,24 +520,55 @@ def test_engines_search_views_and_wide_hash_thresholds() -> None:
     probe = rng.choice(n * v, 40, replace=False)  # queries near a view, far from its photo
     queries = views["view_embeddings"][probe] + rng.normal(scale=0.1, size=(40, d))
     from wildvision.match.index import PhotoKeys
-    # the hash 40 bits from the view's hash: found only with two bits flipped per MIH table
-    keys = [PhotoKeys((_flip(views["view_hashes"][j], rng.choice(256, 40, replace=False))
-                       .tobytes(),), (100,)) for j in probe]
+    # hashes 25 bits from the view's hash (the approximate engine's tables find every one)
+    # and 40 bits (only those sharing a chunk within one bit with the query: most of them)
     owner = views["view_owner"][probe]
-    for index in (exact, approx):
-        by_emb = index.lookup([None] * 40, queries.astype(np.float32))
-        by_hash = index.lookup(keys, None)
-        for i in range(40):
-            assert by_emb[i] and by_emb[i][0].reference == f"r{owner[i]}", i
-            assert by_emb[i][0].similarity is not None and by_emb[i][0].similarity > 0.9
-            assert by_hash[i] and by_hash[i][0].reference == f"r{owner[i]}", i
-            assert by_hash[i][0].hash_distance == 40
-    assert approx._get_engines().hashes.nflip == 2
+    for bits in (25, 40):
+        keys = [PhotoKeys((_flip(views["view_hashes"][j], rng.choice(256, bits, replace=False))
+                           .tobytes(),), (100,)) for j in probe]
+        for index in (exact, approx):
+            by_emb = index.lookup([None] * 40, queries.astype(np.float32))
+            by_hash = index.lookup(keys, None)
+            found = 0
+            for i in range(40):
+                assert by_emb[i] and by_emb[i][0].reference == f"r{owner[i]}", i
+                assert by_emb[i][0].similarity is not None and by_emb[i][0].similarity > 0.9
+                if by_hash[i]:
+                    assert by_hash[i][0].reference == f"r{owner[i]}", i
+                    assert by_hash[i][0].hash_distance == bits
+                    found += 1
+            assert found == 40 if index is exact or bits <= 31 else found >= 34, (bits, found)
+    assert approx._get_engines().hash_tables is not None
     # a view embedding passed by the classifier (a query's trimmed view) is compared too
     photo = rng.normal(size=(1, d)).astype(np.float32)  # the photo itself matches nothing
     got = exact.lookup([None], photo, [emb[7:8] + 0.01])
     assert got[0] and got[0][0].reference == "r7"
     assert exact.lookup([None], photo) == [()]
+
+
+@pytest.mark.parametrize("flips,radius", [(0, 15), (1, 31), (2, 47), (1, 47)])
+def test_hash_tables_agree_with_brute_force(flips: int, radius: int) -> None:
+    from wildvision.match.mih import HashTables
+
+    rng = np.random.default_rng(flips * 100 + radius)
+    base = rng.integers(0, 256, (5000, 32), dtype=np.uint8)
+    base[4000:] = base[:1000]  # duplicates: every copy is found, once
+    queries = np.stack([_flip(base[i], rng.choice(256, int(rng.integers(0, 56)), replace=False))
+                        for i in rng.choice(5000, 60, replace=False)])
+    tables = HashTables(base)
+    q, rows, d = tables.range_search(queries, radius, flips=flips)
+    got = set(zip(q.tolist(), rows.tolist(), d.tolist(), strict=True))
+    assert len(got) == len(q)  # no pair twice
+    bits = np.unpackbits(queries[:, None, :] ^ base[None, :, :], axis=2).sum(axis=2)
+    truth = {(i, j, int(bits[i, j])) for i, j in zip(*np.nonzero(bits <= radius), strict=True)}
+    assert got <= truth  # nothing beyond the radius, distances exact
+    sure = 16 * (flips + 1) - 1  # within this every hash is found
+    assert {t for t in truth if t[2] <= sure} <= got
+    if sure >= radius:
+        assert got == truth
+    else:  # approximate: most of the rest (hashes 32-47 bits away)
+        rest = {t for t in truth if t[2] > sure}
+        assert len(rest) >= 5 and len(rest & got) >= 0.8 * len(rest), (len(rest), len(got))
 
 
 def test_missing_extra_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:

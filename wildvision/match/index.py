@@ -26,9 +26,9 @@ entry's photo and views against the query's photo and views.
 Search: FAISS (``faiss-cpu``): inner product over the unit embeddings of the photos and their
 views, exact (``IndexFlatIP``) under :data:`APPROX_MIN` rows and approximate (IVF with 8-bit
 scalar quantisation, re-ranked exactly) from there; Hamming search over the PDQ hashes with a
-brute-force binary index or, from :data:`APPROX_MIN` rows, FAISS's multi-index hashing (16
-tables of 16 bits; with one bit flipped per table every hash within distance 31 is found, with
-two, within 47).
+brute-force binary index or, from :data:`APPROX_MIN` rows, multi-index hashing
+(:mod:`.mih`: 16 tables of 16 bits, one bit flipped per table, :data:`APPROX_HASH_FLIPS`).
+Every candidate, from either search, is re-scored exactly over all its rows.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from ..matching import Match
 from ..modelpack import ModelPackage
 from ..scores import unit_rows
 from ._io import atomic_write, csv_safe, str_array
+from .mih import HashTables
 from .pdq import HASH_BYTES, MIN_QUALITY, hamming, pdq_hash, to_hex
 from .views import query_views
 
@@ -73,6 +74,11 @@ DEFAULT_HASH_THRESHOLD = 47
 DEFAULT_SIMILARITY_THRESHOLD = 0.946
 VIEW_ARRAYS = ("view_owner", "view_hashes", "view_quality", "view_embeddings")
 APPROX_MIN = 100_000  # from this many rows (photos + views): approximate search (match_speed.py)
+# The approximate engine's hash tables flip one bit per 16-bit chunk: every hash within
+# distance 31 is found, and one within 32-47 when one of its 16 chunks is within a bit of the
+# query's (most are: benchmarks/match_speed.py measures how many) or when the embedding search
+# proposes its photo; two flips would find all within 47 at about ten times the cost.
+APPROX_HASH_FLIPS = 1
 MODES = ("either", "hash", "embedding", "both")
 ENGINES = ("auto", "exact", "ivf")
 
@@ -100,7 +106,8 @@ def model_fingerprint(package: ModelPackage, precision: str = "fp32") -> dict[st
 class _Engines:
     emb: Any = None        # faiss index over the embeddings (entries, then views)
     emb_kind: str = ""
-    hashes: Any = None     # faiss binary index over the good-quality hashes
+    hashes: Any = None     # exact: faiss binary index over the good-quality hashes
+    hash_tables: HashTables | None = None  # approximate: multi-index hash tables over them
     hash_ids: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     owner: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     # views of entry i: view rows view_order[view_start[i]:view_start[i + 1]]
@@ -363,7 +370,7 @@ class MatchIndex:
                     if i >= 0:
                         cands[row][int(eng.owner[i])] = None
         qhash: list[NDArray[np.uint8] | None] = [None] * n
-        if eng.hashes is not None and self.mode != "embedding":
+        if (eng.hashes is not None or eng.hash_tables is not None) and self.mode != "embedding":
             for row, key in enumerate(keys):
                 hs = _key_hashes(key)
                 if len(hs):
@@ -372,10 +379,18 @@ class MatchIndex:
             if got:
                 both = np.concatenate([h for _, h in got])
                 part_row = np.repeat([r for r, _ in got], [len(h) for _, h in got])
-                lims, _, hid = eng.hashes.range_search(both, self.hash_threshold + 1)
-                for part, row in enumerate(part_row.tolist()):
-                    for i in hid[lims[part]:lims[part + 1]]:
-                        cands[row][int(eng.owner[eng.hash_ids[i]])] = None
+                if eng.hash_tables is not None:
+                    part, hid, _ = eng.hash_tables.range_search(
+                        both, self.hash_threshold, flips=min(APPROX_HASH_FLIPS, HashTables
+                                                             .flips_for(self.hash_threshold)))
+                    for row, i in zip(part_row[part].tolist(),
+                                      eng.owner[eng.hash_ids[hid]].tolist(), strict=True):
+                        cands[row][i] = None
+                else:
+                    lims, _, hid = eng.hashes.range_search(both, self.hash_threshold + 1)
+                    for part, row in enumerate(part_row.tolist()):
+                        for i in hid[lims[part]:lims[part + 1]]:
+                            cands[row][int(eng.owner[eng.hash_ids[i]])] = None
         out: list[tuple[Match, ...]] = []
         for row in range(n):
             ids_ = np.fromiter(cands[row], dtype=np.int64, count=len(cands[row]))
@@ -479,17 +494,14 @@ class MatchIndex:
             eng.emb_kind = kind
         good = np.flatnonzero(np.concatenate([self.quality, self.view_quality]) >= MIN_QUALITY)
         if len(good):
+            rows = np.ascontiguousarray(
+                (np.concatenate([self.hashes, self.view_hashes]) if nv else self.hashes)[good])
             if kind == "exact":
                 hidx = faiss.IndexBinaryFlat(8 * HASH_BYTES)
+                hidx.add(rows)
+                eng.hashes = hidx
             else:
-                hidx = faiss.IndexBinaryMultiHash(8 * HASH_BYTES, 16, 16)
-                # 16 tables of 16 bits, f bits flipped per table: every hash within
-                # 16 * (f + 1) - 1 bits shares a table key with the query (pigeonhole);
-                # f = 1 up to distance 31, 2 up to 47, 3 up to 63.
-                hidx.nflip = max(1, (self.hash_threshold + 1 + 15) // 16 - 1)
-            hidx.add(np.ascontiguousarray(
-                (np.concatenate([self.hashes, self.view_hashes]) if nv else self.hashes)[good]))
-            eng.hashes = hidx
+                eng.hash_tables = HashTables(rows)
             eng.hash_ids = good.astype(np.int64)
         return eng
 
