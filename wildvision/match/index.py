@@ -380,12 +380,12 @@ class MatchIndex:
                 both = np.concatenate([h for _, h in got])
                 part_row = np.repeat([r for r, _ in got], [len(h) for _, h in got])
                 if eng.hash_tables is not None:
-                    part, hid, _ = eng.hash_tables.range_search(
+                    qnum, hid, _ = eng.hash_tables.range_search(
                         both, self.hash_threshold, flips=min(APPROX_HASH_FLIPS, HashTables
                                                              .flips_for(self.hash_threshold)))
-                    for row, i in zip(part_row[part].tolist(),
-                                      eng.owner[eng.hash_ids[hid]].tolist(), strict=True):
-                        cands[row][i] = None
+                    for r, i in zip(part_row[qnum].tolist(),
+                                    eng.owner[eng.hash_ids[hid]].tolist(), strict=True):
+                        cands[r][i] = None
                 else:
                     lims, _, hid = eng.hashes.range_search(both, self.hash_threshold + 1)
                     for part, row in enumerate(part_row.tolist()):
@@ -494,14 +494,14 @@ class MatchIndex:
             eng.emb_kind = kind
         good = np.flatnonzero(np.concatenate([self.quality, self.view_quality]) >= MIN_QUALITY)
         if len(good):
-            rows = np.ascontiguousarray(
+            good_hashes = np.ascontiguousarray(
                 (np.concatenate([self.hashes, self.view_hashes]) if nv else self.hashes)[good])
             if kind == "exact":
                 hidx = faiss.IndexBinaryFlat(8 * HASH_BYTES)
-                hidx.add(rows)
+                hidx.add(good_hashes)
                 eng.hashes = hidx
             else:
-                eng.hash_tables = HashTables(rows)
+                eng.hash_tables = HashTables(good_hashes)
             eng.hash_ids = good.astype(np.int64)
         return eng
 

@@ -103,10 +103,12 @@ class HashTables:
 
 if hasattr(np, "bitwise_count"):  # numpy >= 2.0
     def _popcount(x: NDArray[np.uint64]) -> NDArray[np.int64]:
-        return np.bitwise_count(x).astype(np.int64)
+        out: NDArray[np.int64] = np.bitwise_count(x).astype(np.int64)
+        return out
 else:  # pragma: no cover - numpy 1.x
     _BYTE_POP = np.array([bin(i).count("1") for i in range(256)], np.int64)
 
     def _popcount(x: NDArray[np.uint64]) -> NDArray[np.int64]:
         b = x.view(np.uint8).reshape(*x.shape, 8)
-        return _BYTE_POP[b].sum(axis=-1)
+        out: NDArray[np.int64] = _BYTE_POP[b].sum(axis=-1)
+        return out
