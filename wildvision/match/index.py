@@ -79,6 +79,9 @@ APPROX_MIN = 100_000  # from this many rows (photos + views): approximate search
 # query's (most are: benchmarks/match_speed.py measures how many) or when the embedding search
 # proposes its photo; two flips would find all within 47 at about ten times the cost.
 APPROX_HASH_FLIPS = 1
+# Centroids the approximate engine's HNSW graph explores per query (at least nprobe): 64 found
+# the same lists as a flat search for 1.0 of near copies in benchmarks/match_speed.py's runs.
+HNSW_EF_SEARCH = 64
 MODES = ("either", "hash", "embedding", "both")
 ENGINES = ("auto", "exact", "ivf")
 
@@ -106,6 +109,7 @@ def model_fingerprint(package: ModelPackage, precision: str = "fp32") -> dict[st
 class _Engines:
     emb: Any = None        # faiss index over the embeddings (entries, then views)
     emb_kind: str = ""
+    keep: tuple[Any, ...] = ()  # FAISS objects the IVF index points to
     hashes: Any = None     # exact: faiss binary index over the good-quality hashes
     hash_tables: HashTables | None = None  # approximate: multi-index hash tables over them
     hash_ids: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -491,6 +495,16 @@ class MatchIndex:
             for x in parts:
                 for s in range(0, len(x), 65536):
                     eng.emb.add(np.ascontiguousarray(x[s:s + 65536], dtype=np.float32))
+            if kind != "exact":
+                # Rows were assigned to their lists with the exact (flat) quantizer; queries
+                # find their lists through an HNSW graph over the same centroids: a flat
+                # search of 4,000 centroids of 1,280 dimensions reads 20 MB per query
+                # (1.7 ms), the graph a few hundred of them.
+                hnsw = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+                hnsw.add(quant.reconstruct_n(0, quant.ntotal))
+                hnsw.hnsw.efSearch = max(HNSW_EF_SEARCH, self.nprobe)
+                eng.emb.quantizer = hnsw
+                eng.keep = (quant, hnsw)  # the IVF index does not own them
             eng.emb_kind = kind
         good = np.flatnonzero(np.concatenate([self.quality, self.view_quality]) >= MIN_QUALITY)
         if len(good):
