@@ -35,6 +35,7 @@ import resource
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,25 @@ def flip_bits(h: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def load_real(folder: str) -> dict[str, Any]:
+    """The photos (not their views) of match_robustness.py's cached features: the indexed
+    ones, and the edited copies with the indexed photo each came from."""
+    def photos(name: str) -> dict[str, np.ndarray]:
+        [path] = Path(folder).glob(f"{name}-*.npz")
+        with np.load(path) as z:
+            keep = z["kind"] == 0
+            return {k: z[k][keep] for k in ("embeddings", "hashes", "mirror", "quality",
+                                               "owner")}
+    idx, cp = photos("indexed"), photos("copies")
+    # match_robustness.py makes 7 copies (one per edit kind) of each readable indexed photo,
+    # in order: copy j comes from the (j // 7)-th indexed photo row
+    truth = cp["owner"] // 7
+    keys = [(h.tobytes(), m.tobytes(), int(q))
+            for h, m, q in zip(cp["hashes"], cp["mirror"], cp["quality"], strict=True)]
+    return {"emb": idx["embeddings"].astype(np.float16), "hashes": idx["hashes"],
+            "queries": cp["embeddings"].astype(np.float32), "keys": keys, "truth": truth}
+
+
 def time_lookups(index: MatchIndex, keys: list[Any], q: np.ndarray) -> tuple[float, list[Any]]:
     out = []
     t0 = time.perf_counter()
@@ -92,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="FAISS threads while building (default: --threads)")
     ap.add_argument("--views", type=int, default=0, help="extra views per photo")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--real", default=None, metavar="DIR",
+                    help="a benchmarks/match_robustness.py --out folder: its indexed photos "
+                         "(real embeddings and hashes) replace the first synthetic rows, "
+                         "and its edited copies are queries too")
     args = ap.parse_args(argv)
 
     import faiss
@@ -103,6 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     emb, hashes = synthetic(args.size, args.dim, args.clusters, args.seed)
     gen_s = time.perf_counter() - t0
+    real = load_real(args.real) if args.real else None
+    if real is not None:  # real photos' rows first, the synthetic ones around them
+        nr = len(real["emb"])
+        emb[:nr], hashes[:nr] = real["emb"], real["hashes"]
+        pick = np.random.default_rng(args.seed + 2).choice(
+            len(real["truth"]), min(args.queries, len(real["truth"])), replace=False)
+        real = {**real, "queries": real["queries"][pick],
+                "keys": [real["keys"][i] for i in pick], "truth": real["truth"][pick]}
     refs = np.char.add("r", np.arange(args.size).astype(str)).tolist()
     head = {"embedding_dim": args.dim}
     labels, quality = ["x"] * args.size, np.full(args.size, 100, np.uint8)
@@ -180,6 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         hash_far = index.lookup(far_hash_keys, None)
         _, top10_far = eng.emb.search(far / np.linalg.norm(far, axis=1, keepdims=True), 10)
         results[name] = {"near": got_near, "far10": top10_far}
+        if real is not None:
+            t_real, got_real = time_lookups(index, real["keys"], real["queries"])
+            results[name]["real"] = got_real
+            results[name]["real_ms"] = round(1000 * t_real, 3)
         rec_hash = float(np.mean([bool(g) and g[0].reference == f"r{t}"
                                   for g, t in zip(hash_far, probe, strict=True)]))
         report["engines"][name] = {
@@ -210,6 +246,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             rec["top10_overlap_with_exact_unrelated"] = float(np.mean(
                 [len(set(a) & set(b)) / 10 for a, b in zip(ex["far10"], results[name]["far10"],
                                                              strict=True)]))
+            if real is not None:
+                rec["real_copies_same_top_match_as_exact"] = float(np.mean(
+                    [bool(a) == bool(b) and (not a or a[0].reference == b[0].reference)
+                     for a, b in zip(ex["real"], results[name]["real"], strict=True)]))
+        if real is not None:
+            rec["lookup_ms_real_copies"] = results[name]["real_ms"]
+            rec["real_copies_top1_correct"] = float(np.mean(
+                [bool(g) and g[0].reference == f"r{t}"
+                 for g, t in zip(results[name]["real"], real["truth"], strict=True)]))
+        if nprobe:
             for k in ("build_s", "engine_rss_mb", "engine_bytes_per_photo"):  # built once
                 rec[k] = report["engines"][runs[1][0]][k]
     report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

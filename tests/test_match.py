@@ -709,3 +709,24 @@ def test_service_lists_matches(shared_data: Path, tiny_model_dir: Path, tmp_path
                 break
             time.sleep(0.05)
     assert ready.status_code == 503 and ready.json()["error_type"] == "MatchIndexError"
+
+
+def test_speed_benchmark_runs_small(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/match_speed.py end to end on a small synthetic index: both engines find
+    every near copy, and the approximate one agrees with the exact one."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "match_speed.py"
+    spec = importlib.util.spec_from_file_location("match_speed", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--size", "4000", "--dim", "64", "--clusters", "20", "--queries", "20",
+                     "--nprobe", "4,16", "--threads", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["engines"]) == {"exact", "ivf-nprobe4", "ivf-nprobe16"}
+    for name, rec in report["engines"].items():
+        assert rec["near_copy_top1_correct"] == 1.0, name
+        assert rec["hash_only_found_32_to_47_bits"] >= (1.0 if name == "exact" else 0.8), name
+        assert rec["lookup_ms_near_copy"] > 0
+    assert report["engines"]["ivf-nprobe16"]["same_top_match_as_exact_near_copies"] == 1.0
