@@ -246,18 +246,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             rec["top10_overlap_with_exact_unrelated"] = float(np.mean(
                 [len(set(a) & set(b)) / 10 for a, b in zip(ex["far10"], results[name]["far10"],
                                                              strict=True)]))
-            if real is not None:
-                rec["real_copies_same_top_match_as_exact"] = float(np.mean(
-                    [bool(a) == bool(b) and (not a or a[0].reference == b[0].reference)
-                     for a, b in zip(ex["real"], results[name]["real"], strict=True)]))
+            for k in ("build_s", "engine_rss_mb", "engine_bytes_per_photo"):  # built once
+                rec[k] = report["engines"][runs[1][0]][k]
         if real is not None:
             rec["lookup_ms_real_copies"] = results[name]["real_ms"]
             rec["real_copies_top1_correct"] = float(np.mean(
                 [bool(g) and g[0].reference == f"r{t}"
                  for g, t in zip(results[name]["real"], real["truth"], strict=True)]))
-        if nprobe:
-            for k in ("build_s", "engine_rss_mb", "engine_bytes_per_photo"):  # built once
-                rec[k] = report["engines"][runs[1][0]][k]
+            if nprobe:
+                rec["real_copies_same_top_match_as_exact"] = float(np.mean(
+                    [bool(a) == bool(b) and (not a or a[0].reference == b[0].reference)
+                     for a, b in zip(ex["real"], results[name]["real"], strict=True)]))
     report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(report, indent=2))
     return 0

@@ -385,9 +385,8 @@ class MatchIndex:
                 both = np.concatenate([h for _, h in got])
                 part_row = np.repeat([r for r, _ in got], [len(h) for _, h in got])
                 if eng.hash_tables is not None:
-                    qnum, hid, _ = eng.hash_tables.range_search(
-                        both, self.hash_threshold, flips=min(APPROX_HASH_FLIPS, HashTables
-                                                             .flips_for(self.hash_threshold)))
+                    qnum, hid, _ = eng.hash_tables.range_search(both, self.hash_threshold,
+                                                                APPROX_HASH_FLIPS)
                     for r, i in zip(part_row[qnum].tolist(),
                                     eng.owner[eng.hash_ids[hid]].tolist(), strict=True):
                         cands[r][i] = None

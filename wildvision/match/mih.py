@@ -23,6 +23,8 @@ import itertools
 import numpy as np
 from numpy.typing import NDArray
 
+from .pdq import hamming
+
 __all__ = ["HashTables"]
 
 TABLES = 16
@@ -44,7 +46,7 @@ class HashTables:
         h = np.ascontiguousarray(hashes, dtype=np.uint8)
         if h.ndim != 2 or h.shape[1] != 2 * TABLES:
             raise ValueError(f"hashes must be (N, {2 * TABLES}) uint8, not {h.shape}")
-        self.hashes64 = h.view(np.uint64)  # (N, 4)
+        self.hashes = h
         chunks = h.view(">u2")  # (N, 16): chunk t = bytes 2t, 2t+1
         self.order = np.empty((TABLES, len(h)), np.int32 if len(h) < 2**31 else np.int64)
         self.starts = np.empty((TABLES, 2**CHUNK_BITS + 1), np.int64)
@@ -56,29 +58,25 @@ class HashTables:
         self._masks = {f: _flip_masks(f) for f in (0, 1, 2, 3)}
 
     def __len__(self) -> int:
-        return len(self.hashes64)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.order.nbytes + self.starts.nbytes)
+        return len(self.hashes)
 
     @staticmethod
     def flips_for(radius: int) -> int:
         """Bits flipped per chunk so that every hash within ``radius`` is found."""
         return max(0, radius // TABLES)
 
-    def range_search(self, queries: NDArray[np.uint8], radius: int, flips: int | None = None
+    def range_search(self, queries: NDArray[np.uint8], radius: int, flips: int = 3
                      ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
         """Rows within Hamming distance ``radius`` of each query hash (M, 32): arrays of
-        (query number, row, distance), each pair once. ``flips`` (default: what ``radius``
-        needs, at most 3) below that makes the search approximate: only hashes within
-        ``16 * (flips + 1) - 1`` are sure to be found, farther ones when they share a chunk
-        up to ``flips`` bits with the query."""
+        (query number, row, distance), each pair once. Bits are flipped per chunk as
+        ``radius`` needs, at most ``flips``; fewer than it needs make the search approximate:
+        only hashes within ``16 * (flips + 1) - 1`` are sure to be found, farther ones when
+        they share a chunk up to ``flips`` bits with the query."""
         q = np.ascontiguousarray(queries, dtype=np.uint8).reshape(-1, 2 * TABLES)
         empty = np.zeros(0, np.int64)
         if not len(q) or not len(self):
             return empty, empty, empty
-        f = min(3, self.flips_for(radius) if flips is None else flips)
+        f = min(3, flips, self.flips_for(radius))
         probe = q.view(">u2").astype(np.int64)[:, :, None] ^ self._masks[f][None, None, :]
         table = np.broadcast_to(np.arange(TABLES)[None, :, None], probe.shape).ravel()
         qnum = np.broadcast_to(np.arange(len(q))[:, None, None], probe.shape).ravel()
@@ -93,22 +91,10 @@ class HashTables:
         pos = np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(total)
         rows = self.order[np.repeat(table, cnt), pos].astype(np.int64)
         qq = np.repeat(qnum, cnt)
-        d = _popcount(self.hashes64[rows] ^ q.view(np.uint64)[qq]).sum(axis=1)
+        d = hamming(self.hashes[rows], q[qq])
         keep = d <= radius
         qq, rows, d = qq[keep], rows[keep], d[keep]
         # a hash close on several chunks is found in several tables: once each
         key = np.unique(qq * len(self) + rows, return_index=True)[1]
         return qq[key], rows[key], d[key].astype(np.int64)
 
-
-if hasattr(np, "bitwise_count"):  # numpy >= 2.0
-    def _popcount(x: NDArray[np.uint64]) -> NDArray[np.int64]:
-        out: NDArray[np.int64] = np.bitwise_count(x).astype(np.int64)
-        return out
-else:  # pragma: no cover - numpy 1.x
-    _BYTE_POP = np.array([bin(i).count("1") for i in range(256)], np.int64)
-
-    def _popcount(x: NDArray[np.uint64]) -> NDArray[np.int64]:
-        b = x.view(np.uint8).reshape(*x.shape, 8)
-        out: NDArray[np.int64] = _BYTE_POP[b].sum(axis=-1)
-        return out

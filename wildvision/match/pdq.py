@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from ..data.phash import popcount64
 from ..errors import InvalidImageError, MatchIndexError, MissingExtraError
 
 __all__ = [
@@ -31,7 +32,6 @@ __all__ = [
 HASH_BYTES = 32
 MIN_QUALITY = 50
 
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 def _pdqhash() -> Any:
@@ -93,6 +93,6 @@ def from_hex(text: str) -> bytes:
 
 def hamming(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> NDArray[np.int64]:
     """Hamming distances between rows of two (..., 32) uint8 arrays (broadcast)."""
-    x = np.bitwise_xor(np.asarray(a, np.uint8), np.asarray(b, np.uint8))
-    out: NDArray[np.int64] = _POPCOUNT[x].sum(axis=-1, dtype=np.int64)
+    x = np.bitwise_xor(np.asarray(a, np.uint8), np.asarray(b, np.uint8))  # a new array
+    out: NDArray[np.int64] = popcount64(x.view(np.uint64)).sum(axis=-1, dtype=np.int64)
     return out
