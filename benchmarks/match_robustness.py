@@ -41,7 +41,7 @@ import wildvision as wv
 from wildvision.imaging import decode_image
 from wildvision.match import MatchIndex
 from wildvision.match.index import model_fingerprint
-from wildvision.match.pdq import MIN_QUALITY, pdq_hash
+from wildvision.match.pdq import MIN_QUALITY, hamming, pdq_hash
 from wildvision.match.views import index_views, query_views, trim_box
 from wildvision.preprocess import preprocess_image
 
@@ -49,7 +49,6 @@ EDITS = ("scale", "jpeg", "crop", "hflip", "text", "rotate", "border")
 TARGET_FMR = 0.001
 FEATURES_VERSION = 4  # bump when the features (views) change: the cache is keyed on it
 HASH_CAP = 47  # the largest hash threshold the multi-index hash search finds exactly
-_POP = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 
 
 # -- edits ---------------------------------------------------------------------------------------
@@ -188,8 +187,7 @@ def _rows(hashes: list[bytes]) -> np.ndarray:
 def hamming_matrix(a: np.ndarray, b: np.ndarray, chunk: int = 256) -> np.ndarray:
     out = np.empty((len(a), len(b)), np.int16)
     for s in range(0, len(a), chunk):
-        x = np.bitwise_xor(a[s:s + chunk, None, :], b[None, :, :])
-        out[s:s + chunk] = _POP[x].sum(axis=2, dtype=np.int16)
+        out[s:s + chunk] = hamming(a[s:s + chunk, None, :], b[None, :, :])
     return out
 
 
