@@ -10,7 +10,13 @@ as JPEG like a re-posted listing) and queries them; ``--distractors`` other phot
 manifest (10,000 by default; 0: all) are queries that must not match. Thresholds are chosen on
 one half of the unrelated photos (the loosest with <= 0.1 % of them matching; for the combined
 rule, the hash threshold first, then the similarity threshold that keeps the union within
-0.1 %) and false matches are reported on the other half. Each photo goes through the same
+0.1 %) and false matches are reported on the other half. The combined rule is reported with
+and without the local-feature check of near candidates (wildvision.match.local: keypoints,
+one rotation + scale + shift), which the index's defaults use. Some "unrelated" photos are the
+same photo as an indexed one (the public sources hold recoloured, re-captioned or cropped
+duplicates); ``benchmarks/match_duplicates.csv`` lists the pairs found, checked by eye. They
+are left out when choosing thresholds, and false matches are reported both with them
+counted as false and without them. Each photo goes through the same
 decode and preprocessing as ``classify``. A check at the end runs the real
 ``Classifier(match_index=...)`` on some copies and compares its matches with the offline
 evaluation.
@@ -40,15 +46,20 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 import wildvision as wv
 from wildvision.imaging import decode_image
 from wildvision.match import MatchIndex
-from wildvision.match.index import model_fingerprint
+from wildvision.match import local as lf
+from wildvision.match.index import VERIFY_FLOOR, VERIFY_TOP, model_fingerprint
 from wildvision.match.pdq import MIN_QUALITY, hamming, pdq_hash
-from wildvision.match.views import index_views, query_views, trim_box
+from wildvision.match.views import index_views, query_views, trim_borders, trim_box
 from wildvision.preprocess import preprocess_image
 
 EDITS = ("scale", "jpeg", "crop", "hflip", "text", "rotate", "border")
 TARGET_FMR = 0.001
 FEATURES_VERSION = 4  # bump when the features (views) change: the cache is keyed on it
 HASH_CAP = 47  # the largest hash threshold the multi-index hash search finds exactly
+LOCAL_VERSION = 1  # bump when the local features or their check change
+LOCAL_TOP = VERIFY_TOP + 2  # candidates checked per query here (the index picks VERIFY_TOP of
+# those that pass no threshold; with at most 2 passing ones among the top 5 this is the same)
+DUPLICATES = Path(__file__).with_name("match_duplicates.csv")
 
 
 # -- edits ---------------------------------------------------------------------------------------
@@ -180,6 +191,100 @@ def featurize(sources: Sequence[Any], clf: wv.Classifier, cache: Path, batch_siz
     return out
 
 
+def local_index(paths: Sequence[str], clf: wv.Classifier, cache: Path) -> dict[str, np.ndarray]:
+    """The index's local-feature arrays (wildvision.match.local.pack of the trimmed photo, as
+    build_index stores them) for ``paths``; cached."""
+    if cache.is_file():
+        with np.load(cache) as z:
+            return {k: z[k] for k in z.files}
+    cfg = clf.card.preprocess
+    rows = []
+    for src in paths:
+        try:
+            dec = decode_image(src, max_pixels=clf.max_pixels, max_bytes=clf.max_bytes,
+                               draft_size=cfg.draft_size)
+            rows.append(lf.pack(lf.local_features(trim_borders(dec.image))))
+        except wv.WildvisionError:
+            rows.append(lf.pack(lf.LocalFeatures(np.zeros((0, 2), np.float32),
+                                                 np.zeros((0, 32), np.uint8), (0, 0))))
+    out = {"local_points": np.stack([r[0] for r in rows]),
+           "local_descriptors": np.stack([r[1] for r in rows]),
+           "local_count": np.array([r[2] for r in rows], np.uint16),
+           "local_size": np.array([r[3] for r in rows], np.uint16)}
+    np.savez(cache, **out)
+    return out
+
+
+def local_checks(sources: Sequence[Any], sim: np.ndarray, loc: dict[str, np.ndarray],
+                 clf: wv.Classifier, cache: Path) -> tuple[np.ndarray, float]:
+    """Inliers (0: not a copy) of the local-feature check of each query against its
+    :data:`LOCAL_TOP` most similar indexed photos at or above VERIFY_FLOOR (a query x indexed
+    matrix, -1 where unchecked), found as MatchIndex.lookup finds them (the photo and its
+    trimmed view against the indexed keypoints); and the mean milliseconds per checked
+    query (keypoints of the query + the checks). Cached."""
+    if cache.is_file():
+        with np.load(cache) as z:
+            return z["inliers"], float(z["ms"])
+    cfg = clf.card.preprocess
+    out = np.full(sim.shape, -1, np.int16)
+    todo = np.flatnonzero(sim.max(axis=1) >= VERIFY_FLOOR)
+    spent = 0.0
+    for j in todo:
+        top = np.argsort(-sim[j])[:LOCAL_TOP]
+        top = top[sim[j, top] >= VERIFY_FLOOR]
+        try:
+            dec = decode_image(sources[j], max_pixels=clf.max_pixels, max_bytes=clf.max_bytes,
+                               draft_size=cfg.draft_size)
+        except wv.WildvisionError:
+            continue
+        t0 = time.perf_counter()
+        greys = [lf.local_source(im) for im in (dec.image, *query_views(dec.image))]
+        queries = [lf.local_features(g, lf.QUERY_KEYPOINTS) for g in greys]
+        for c in top:
+            ref = lf.unpack(loc["local_points"][c], loc["local_descriptors"][c],
+                            loc["local_count"][c], loc["local_size"][c])
+            best = 0
+            for q in queries:
+                v = lf.verify(q, ref)
+                if lf.accepted(v, 4):
+                    best = max(best, v.inliers)
+            out[j, c] = best
+        spent += time.perf_counter() - t0
+    ms = 1000 * spent / max(1, len(todo))
+    np.savez(cache, inliers=out, ms=ms)
+    return out, ms
+
+
+def local_pass(sim: np.ndarray, inliers: np.ndarray, passes: np.ndarray,
+               min_inliers: int = lf.MIN_INLIERS) -> np.ndarray:
+    """Which (query, indexed) pairs the index's local check makes matches, given the pairs
+    that already pass a threshold (``passes``): of the others at or above VERIFY_FLOOR with
+    keypoints, the VERIFY_TOP most similar are checked."""
+    cand = ~passes & (inliers >= 0)
+    s = np.where(cand, sim, -np.inf)
+    order = np.argsort(-s, axis=1)[:, :VERIFY_TOP]
+    rows = np.arange(len(sim))[:, None]
+    chosen = np.zeros_like(cand)
+    chosen[rows, order] = np.isfinite(s[rows, order])
+    return chosen & (inliers >= min_inliers)
+
+
+def read_duplicates(indexed: Sequence[dict[str, str]], others: Sequence[dict[str, str]]
+                    ) -> np.ndarray:
+    """(others, indexed) boolean matrix of the pairs in :data:`DUPLICATES`."""
+    dup = np.zeros((len(others), len(indexed)), bool)
+    if not DUPLICATES.is_file():
+        return dup
+    pos_i = {r["path"]: i for i, r in enumerate(indexed)}
+    pos_o = {r["path"]: i for i, r in enumerate(others)}
+    with open(DUPLICATES, newline="", encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            for a, b in ((r["photo"], r["same_as"]), (r["same_as"], r["photo"])):
+                if a in pos_o and b in pos_i:
+                    dup[pos_o[a], pos_i[b]] = True
+    return dup
+
+
 def _rows(hashes: list[bytes]) -> np.ndarray:
     return np.frombuffer(b"".join(hashes), np.uint8).reshape(-1, 32)
 
@@ -223,9 +328,10 @@ def scores(q: dict[str, np.ndarray], idx: dict[str, np.ndarray], kinds: Sequence
     return sim.astype(np.float32), dist.astype(np.int16)
 
 
-def best_match(sim: np.ndarray, dist: np.ndarray, method: str, t_sim: float, t_hash: int
-               ) -> np.ndarray:
-    """The reported top match per query (-1: none), ranked as MatchIndex.lookup ranks them."""
+def best_match(sim: np.ndarray, dist: np.ndarray, method: str, t_sim: float, t_hash: int,
+               inliers: np.ndarray | None = None) -> np.ndarray:
+    """The reported top match per query (-1: none), ranked as MatchIndex.lookup ranks them
+    (``method`` ``local``: the combined rule and the local check, from ``inliers``)."""
     if method == "hash":
         passes = dist <= t_hash
         rank = -dist.astype(np.float64)
@@ -234,6 +340,9 @@ def best_match(sim: np.ndarray, dist: np.ndarray, method: str, t_sim: float, t_h
         rank = sim.astype(np.float64)
     else:
         passes = (dist <= t_hash) | (sim >= t_sim)
+        if method == "local":
+            assert inliers is not None
+            passes = passes | local_pass(sim, inliers, passes)
         rank = sim.astype(np.float64) - dist.astype(np.float64) * 1e-6
     rank = np.where(passes, rank, -np.inf)
     top = np.argmax(rank, axis=1)
@@ -262,6 +371,19 @@ def choose_thresholds(sim: np.ndarray, dist: np.ndarray) -> tuple[float, int, fl
     rest = sim.max(axis=1)[~by_hash]
     c_sim = _loosest_sim(rest, k - int(by_hash.sum())) if by_hash.sum() <= k else 1.0
     return t_sim, t_hash, c_sim, c_hash
+
+
+def choose_local_similarity(sim: np.ndarray, dist: np.ndarray, inliers: np.ndarray,
+                            c_hash: int) -> float:
+    """The loosest similarity threshold (3 decimals, from 1.0 down) at which the combined
+    rule with the local check keeps at most TARGET_FMR of these unrelated photos matching."""
+    k = int(np.floor(TARGET_FMR * len(sim)))
+    best = 1.0
+    for t in np.round(np.arange(1.0, 0.8, -0.001), 3):
+        if int(np.sum(best_match(sim, dist, "local", float(t), c_hash, inliers) >= 0)) > k:
+            break
+        best = float(t)
+    return best
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -317,6 +439,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     df = featurize([str(data / r["path"]) for r in others], clf, out / f"others-{tag}.npz",
                    args.batch_size, "query")
 
+    # the local check, for the default views
+    default = list(VARIANTS)[-1]
+    loc = local_index(idx_paths, clf, out / f"local-index-{tag}-v{LOCAL_VERSION}.npz")
+    sim_q, _ = scores(qf, idx, VARIANTS[default])
+    sim_d, _ = scores(df, idx, VARIANTS[default])
+    inl_q, ms_q = local_checks(copies, sim_q, loc, clf,
+                               out / f"local-copies-{tag}-v{LOCAL_VERSION}.npz")
+    inl_d, ms_d = local_checks([str(data / r["path"]) for r in others], sim_d, loc, clf,
+                               out / f"local-others-{tag}-v{LOCAL_VERSION}.npz")
+    dup = read_duplicates(indexed, others)
+
     half = np.random.default_rng(args.seed + 2).permutation(len(others))
     cal, rep = half[: len(half) // 2], half[len(half) // 2:]
     truth = np.array([m[0] for m in meta])
@@ -338,14 +471,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             "unrelated": round(float(np.mean(np.bincount(df["owner"][df["kind"] == 1],
                                                          minlength=len(others)) > 0)), 4)},
         "variants": {},
+        "local_check": {
+            "keypoints_per_indexed_photo": lf.INDEX_KEYPOINTS,
+            "keypoints_per_query": lf.QUERY_KEYPOINTS, "min_inliers": lf.MIN_INLIERS,
+            "min_inlier_share": lf.MIN_INLIER_SHARE, "similarity_floor": VERIFY_FLOOR,
+            "checked_per_query": VERIFY_TOP,
+            "copies_checked": int(np.sum((inl_q >= 0).any(axis=1))),
+            "unrelated_checked": int(np.sum((inl_d >= 0).any(axis=1))),
+            "ms_per_checked_copy": round(ms_q, 2), "ms_per_checked_unrelated": round(ms_d, 2)},
+        "listed_duplicates": {"file": DUPLICATES.name, "pairs_among_unrelated": int(dup.sum()),
+                              "photos": int(dup.any(axis=1).sum())},
     }
     lines = [f"| views | method | {' | '.join(EDITS)} | all | false matches (report half) | "
-             "false matches (all unrelated) |",
-             "|---|---|" + "---:|" * (len(EDITS) + 3)]
+             "false matches (report half, listed duplicates not counted) | "
+             "false matches (all unrelated) | false matches (all, listed duplicates not "
+             "counted) |",
+             "|---|---|" + "---:|" * (len(EDITS) + 5)]
     for variant, vkinds in VARIANTS.items():
         sim_q, dist_q = scores(qf, idx, vkinds)
         sim_d, dist_d = scores(df, idx, vkinds)
-        t_sim, t_hash, c_sim, c_hash = choose_thresholds(sim_d[cal], dist_d[cal])
+        # a listed duplicate is the same photo: not a false match to choose thresholds on
+        sim_c = np.where(dup[cal], -2, sim_d[cal])
+        dist_c = np.where(dup[cal], 999, dist_d[cal])
+        t_sim, t_hash, c_sim, c_hash = choose_thresholds(sim_c, dist_c)
         methods = {
             "hash (PDQ <= 31, the usual default)": ("hash", t_sim, 31),
             f"hash (PDQ <= {t_hash}, chosen)": ("hash", t_sim, t_hash),
@@ -353,14 +501,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"combined (PDQ <= {c_hash} or cosine >= {c_sim:.3f}, chosen)":
                 ("either", c_sim, c_hash),
         }
+        l_sim = None
+        if variant == default:
+            l_sim = choose_local_similarity(sim_c, dist_c, np.where(dup[cal], -1, inl_d[cal]),
+                                            c_hash)
+            methods[f"combined + local check (PDQ <= {c_hash} or cosine >= {l_sim:.3f} or "
+                    f">= {lf.MIN_INLIERS} inliers, chosen)"] = ("local", l_sim, c_hash)
         res: dict[str, Any] = {"chosen": {"similarity_threshold": t_sim,
                                           "hash_threshold": t_hash,
                                           "combined_similarity_threshold": c_sim,
-                                          "combined_hash_threshold": c_hash},
+                                          "combined_hash_threshold": c_hash,
+                                          "local_similarity_threshold": l_sim},
                                "methods": {}}
         for name, (method, ts, th) in methods.items():
-            top_q = best_match(sim_q, dist_q, method, ts, th)
-            top_d = best_match(sim_d, dist_d, method, ts, th)
+            top_q = best_match(sim_q, dist_q, method, ts, th, inl_q)
+            top_d = best_match(sim_d, dist_d, method, ts, th, inl_d)
+            is_dup = (top_d >= 0) & dup[np.arange(len(top_d)), np.maximum(top_d, 0)]
             per = {k: float(np.mean(top_q[kinds == k] == truth[kinds == k])) for k in EDITS}
             worst = np.argsort(-np.where(top_d[rep] >= 0, sim_d[rep].max(axis=1), -9))[:5]
             m = res["methods"][name] = {
@@ -370,27 +526,44 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "false_matches_report_half": int(np.sum(top_d[rep] >= 0)),
                 "false_match_rate_all_unrelated": float(np.mean(top_d >= 0)),
                 "false_matches_all_unrelated": int(np.sum(top_d >= 0)),
+                "false_matches_all_unrelated_without_listed_duplicates":
+                    int(np.sum((top_d >= 0) & ~is_dup)),
+                "matched_listed_duplicates": int(np.sum(is_dup)),
+                "false_matches_report_half_without_listed_duplicates":
+                    int(np.sum((top_d[rep] >= 0) & ~is_dup[rep])),
                 "example_false_matches": [
                     {"photo": others[rep[j]]["path"], "matched": indexed[top_d[rep[j]]]["path"],
                      "similarity": round(float(sim_d[rep[j], top_d[rep[j]]]), 4),
-                     "hash_distance": int(dist_d[rep[j], top_d[rep[j]]])}
+                     "hash_distance": int(dist_d[rep[j], top_d[rep[j]]]),
+                     "inliers": int(inl_d[rep[j], top_d[rep[j]]]) if variant == default
+                     else None}
                     for j in worst if top_d[rep[j]] >= 0],
+                "all_false_matches": [
+                    {"photo": others[j]["path"], "matched": indexed[top_d[j]]["path"],
+                     "similarity": round(float(sim_d[j, top_d[j]]), 4),
+                     "hash_distance": int(dist_d[j, top_d[j]]),
+                     "listed_duplicate": bool(is_dup[j])}
+                    for j in np.flatnonzero(top_d >= 0)],
             }
             cells = " | ".join(f"{m['recall_at_1'][k]:.3f}" for k in EDITS)
+            nd = m["false_matches_all_unrelated_without_listed_duplicates"]
+            nr = m["false_matches_report_half_without_listed_duplicates"]
             lines.append(
                 f"| {variant} | {name} | {cells} | {m['recall_at_1_all']:.3f} | "
                 f"{m['false_matches_report_half']}/{len(rep)} "
                 f"({100 * m['false_match_rate_report_half']:.2f}%) | "
+                f"{nr}/{len(rep)} ({100 * nr / len(rep):.2f}%) | "
                 f"{m['false_matches_all_unrelated']}/{len(others)} "
-                f"({100 * m['false_match_rate_all_unrelated']:.2f}%) |")
+                f"({100 * m['false_match_rate_all_unrelated']:.2f}%) | "
+                f"{nd}/{len(others)} ({100 * nd / len(others):.2f}%) |")
         report["variants"][variant] = res
 
-    # End to end: the real Classifier with a MatchIndex (photos and views) on some copies
-    # agrees with the offline evaluation of the default variant.
-    default = list(VARIANTS)[-1]
+    # End to end: the real Classifier with a MatchIndex (photos, views and local features) on
+    # some copies agrees with the offline evaluation of the default variant and local check.
     ch = report["variants"][default]["chosen"]
-    c_sim, c_hash = ch["combined_similarity_threshold"], ch["combined_hash_threshold"]
-    head = {**fingerprint, "embedding_dim": idx["embeddings"].shape[1], "views": "crops"}
+    c_sim, c_hash = ch["local_similarity_threshold"], ch["combined_hash_threshold"]
+    head = {**fingerprint, "embedding_dim": idx["embeddings"].shape[1], "views": "crops",
+            "local_keypoints": lf.INDEX_KEYPOINTS}
     index = MatchIndex(head, engine="exact", similarity_threshold=c_sim,
                        hash_threshold=c_hash)
     main_rows = np.flatnonzero(idx["kind"] == 0)
@@ -403,11 +576,13 @@ def main(argv: Sequence[str] | None = None) -> int:
               {"view_owner": pos[idx["owner"][view_rows]],
                "view_hashes": idx["hashes"][view_rows],
                "view_quality": idx["quality"][view_rows].astype(np.uint8),
-               "view_embeddings": idx["embeddings"][view_rows]})
+               "view_embeddings": idx["embeddings"][view_rows]},
+              {k: v[idx["owner"][main_rows]] for k, v in loc.items()})
     arrays = {"hashes": index.hashes, "quality": index.quality, "embeddings": index.embeddings,
               **index.views()}
     report["index_bytes_per_photo"] = {
         "file_arrays": round(sum(a.nbytes for a in arrays.values()) / len(index)),
+        "local_features": round(sum(a.nbytes for a in index.local().values()) / len(index)),
         "faiss_exact_float32": round(4 * index.embedding_dim * (len(index) + index.view_count)
                                      / len(index))}
     pick = np.random.default_rng(args.seed + 3).choice(len(copies), min(args.check,
@@ -415,7 +590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     live = wv.Classifier(args.model, open_set=False, match_index=index,
                          threads=args.threads)
     sim_q, dist_q = scores(qf, idx, VARIANTS[default])
-    offline = best_match(sim_q, dist_q, "either", c_sim, c_hash)
+    offline = best_match(sim_q, dist_q, "local", c_sim, c_hash, inl_q)
     agree = 0
     for j, r in zip(pick, live.iter_classify([copies[j] for j in pick]), strict=True):
         got = int(r.matches[0].reference) if r.ok and r.matches else -1  # type: ignore[union-attr]
@@ -430,7 +605,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"photos (thresholds chosen on {len(cal)}, false matches reported on the other "
         f"{len(rep)})\n\n{table}\n")
     print(table)
-    print(json.dumps({k: report[k] for k in ("index_rows_per_photo",
+    print(json.dumps({k: report[k] for k in ("local_check", "listed_duplicates",
+                                             "index_rows_per_photo",
                                              "queries_with_a_trimmed_view",
                                              "index_bytes_per_photo", "end_to_end_check")}))
     print(json.dumps({v: r["chosen"] for v, r in report["variants"].items()}))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 pytest.importorskip("faiss", reason="needs the [match] extra (faiss-cpu)")
 pytest.importorskip("pdqhash", reason="needs the [match] extra (pdqhash)")
@@ -27,6 +27,7 @@ from wildvision.match import (
     photos_from_manifest,
     read_pdq_list,
 )
+from wildvision.match import local as lf
 from wildvision.match.pdq import from_hex, hamming, pdq_hash, pdq_hash_array, to_hex
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "pdq_reference.json").read_text())
@@ -322,6 +323,101 @@ def test_views_follow_their_entries(real_index: tuple[MatchIndex, list[Path]],
         load_index(tmp_path / "bad2.npz")
 
 
+def _local_copies(img: Image.Image) -> dict[str, Image.Image]:
+    """Copies whose embedding moves most: rotated, cropped off-centre, written on (as
+    benchmarks/match_robustness.py makes them)."""
+    w, h = img.size
+    text = img.copy()
+    d = ImageDraw.Draw(text)
+    size = max(10, h // 12)
+    d.text((w // 20, h // 3), "WhatsApp +00 123 456", fill=(255, 255, 255),
+           font=ImageFont.load_default(size=size), stroke_width=2, stroke_fill=(0, 0, 0))
+    d.text((w // 20, h // 3 + size + 4), "DM for price", fill=(255, 40, 40),
+           font=ImageFont.load_default(size=size))
+    return {
+        "rotate5": img.rotate(5, resample=Image.Resampling.BILINEAR, expand=True,
+                              fillcolor=(255, 255, 255)),
+        "crop62": img.crop((int(w * 0.2), int(h * 0.18), w, h)),
+        "text": text,
+    }
+
+
+def test_local_check_finds_copies_the_embedding_misses(
+        real_index: tuple[MatchIndex, list[Path]], shared_data: Path) -> None:
+    index, paths = real_index
+    assert index.local_keypoints == lf.INDEX_KEYPOINTS and (index.local_count >= 100).all()
+    strict = index.copy()  # thresholds no edited copy reaches: only the local check matches
+    strict.similarity_threshold, strict.hash_threshold = 0.999, 0
+    off = strict.copy()
+    off.verify = False
+    for n in (0, 1):  # the tiger and the ivory carving
+        img = Image.open(paths[n]).convert("RGB")
+        copies = _local_copies(img)
+        found = wv.classify_images(list(copies.values()), match_index=strict)
+        for name, r in zip(copies, found, strict=True):
+            assert isinstance(r, wv.Prediction) and r.matches, (n, name)
+            m = r.matches[0]
+            assert m.reference == index.references[n] and m.by == "local", (n, name, m)
+            assert m.inliers is not None and m.inliers >= strict.min_inliers
+            assert r.to_dict()["matches"][0]["inliers"] == m.inliers and r.known_image
+        assert all(r.matches == () for r in  # type: ignore[union-attr]
+                   wv.classify_images(list(copies.values()), match_index=off))
+        hash_mode = strict.copy()
+        hash_mode.mode = "hash"  # the check stands in for the embedding, never for the hash
+        assert wv.classify_image(copies["rotate5"], match_index=hash_mode).matches == ()
+    # other photos of the same folders (look-alikes) fail the check itself
+    for d, _, _ in INDEXED:
+        for k in range(1, 6):
+            other = lf.local_features(Image.open(_first(shared_data / d, k)), lf.QUERY_KEYPOINTS)
+            for i in range(len(index)):
+                ref = lf.unpack(index.local_points[i], index.local_descriptors[i],
+                                index.local_count[i], index.local_size[i])
+                assert not lf.accepted(lf.verify(other, ref)), (d, k, i)
+        for r in wv.classify_images([_first(shared_data / d, k) for k in range(1, 6)],
+                                    match_index=strict):
+            assert isinstance(r, wv.Prediction) and r.matches == (), (r.source, r.matches)
+
+
+def test_local_features_follow_their_entries(real_index: tuple[MatchIndex, list[Path]],
+                                             tmp_path: Path) -> None:
+    index, paths = real_index
+    back = load_index(index.save(tmp_path / "l.npz"))
+    assert back.local_keypoints == index.local_keypoints
+    for k, v in index.local().items():
+        assert np.array_equal(back.local()[k], v), k
+    assert back.policy()["min_inliers"] == lf.MIN_INLIERS
+    assert load_index(tmp_path / "l.npz", min_inliers=40).min_inliers == 40
+    edited = index.copy()
+    edited.remove(["case-ivory"])
+    assert np.array_equal(edited.local_descriptors, index.local_descriptors[[0, 2, 3]])
+    merged = edited.merge(index.for_sharing(), skip_duplicates=True)
+    assert np.array_equal(merged.local_count, index.local_count[[0, 2, 3, 0, 1, 2, 3]])
+    assert index.for_sharing(local=False).local_keypoints == 0
+    assert index.for_sharing(embeddings=False).local_keypoints == 0
+    with np.load(index.for_sharing(local=False).save(tmp_path / "s.npz")) as z:
+        assert not set(z.files) & {"local_points", "local_descriptors"}
+    # entries from an index without local features get none (count 0) and still match
+    plain = index.for_sharing(local=False)
+    grown = index.merge(plain)
+    assert grown.local_keypoints == index.local_keypoints
+    assert (grown.local_count[len(index):] == 0).all()
+    with np.load(tmp_path / "l.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    bad = dict(arrays, local_count=arrays["local_count"] + 10_000)
+    np.savez(tmp_path / "bad.npz", **bad)
+    with pytest.raises(MatchIndexError, match="local keypoint count"):
+        load_index(tmp_path / "bad.npz")
+    del arrays["local_size"]
+    np.savez(tmp_path / "bad2.npz", **arrays)
+    with pytest.raises(MatchIndexError, match="incomplete local"):
+        load_index(tmp_path / "bad2.npz")
+    with pytest.raises(wv.ConfigError, match="min_inliers"):
+        MatchIndex(dict(index.header), min_inliers=2)
+    small, failed = build_index([KnownPhoto(str(paths[0]), "a", "live_tiger")], local=False,
+                                views="none")
+    assert failed == [] and small.local_keypoints == 0 and small.local_points.shape == (1, 0, 2)
+
+
 def test_model_mismatch_is_refused(real_index: tuple[MatchIndex, list[Path]],
                                    tiny_model_dir: Path, tmp_path: Path) -> None:
     index, _ = real_index
@@ -606,12 +702,19 @@ def test_cli_build_classify_share_import(shared_data: Path, tmp_path: Path,
     assert summary["count"] == 2 and "broken.jpg" in err
     assert summary["groups"] == {"ivory": 1, "live_protected_animal": 1}
     assert summary["views"] >= 10 and summary["bytes_per_photo_on_disk"] > 6 * 2 * 1280
+    assert summary["local_keypoints_per_photo"] == lf.INDEX_KEYPOINTS
+    assert summary["policy"]["min_inliers"] == lf.MIN_INLIERS
     lean = tmp_path / "lean.npz"
     assert main(["match", "build", str(known), "-o", str(lean),
-                 "--views", "none"]) == 1
+                 "--views", "none", "--no-local", "--min-inliers", "30"]) == 1
     lean_summary = json.loads(capsys.readouterr().out)
     assert lean_summary["views"] == 0 and lean_summary["count"] == 2
+    assert lean_summary["local_keypoints_per_photo"] == 0
+    assert lean_summary["policy"]["min_inliers"] == 30
     assert lean_summary["bytes_per_photo_on_disk"] == 32 + 1 + 2 * 1280
+    assert main(["match", "build", str(known), "-o", str(lean), "--views", "none"]) == 1
+    assert json.loads(capsys.readouterr().out)["bytes_per_photo_on_disk"] == \
+        32 + 1 + 2 * 1280 + 4 + 36 * lf.INDEX_KEYPOINTS
     assert main(["match", "show", str(index)]) == 0
     assert json.loads(capsys.readouterr().out)["model"] == "wildvision-base"
 
@@ -647,6 +750,10 @@ def test_cli_build_classify_share_import(shared_data: Path, tmp_path: Path,
     shared, te = tmp_path / "shared.npz", tmp_path / "list.txt"
     assert main(["match", "export", str(index), "-o", str(shared)]) == 0
     assert main(["match", "export", str(index), "-o", str(te), "-f", "te"]) == 0
+    assert load_index(shared).local_keypoints == lf.INDEX_KEYPOINTS
+    assert main(["match", "export", str(index), "-o", str(tmp_path / "nk.npz"),
+                 "--no-local"]) == 0
+    assert load_index(tmp_path / "nk.npz").local_keypoints == 0
     assert all(line.startswith("pdq ") for line in te.read_text().splitlines())
     capsys.readouterr()
     assert main(["classify", str(query), "--match-index", str(shared)]) == 0

@@ -36,7 +36,12 @@ class Match:
             index holds no embeddings (a hash-only list).
         hash_distance: Hamming distance of the PDQ hashes (0..256; the smaller of the photo's
             and its mirror image's), ``None`` when either hash is of too low quality.
-        by: what matched: ``"hash"``, ``"embedding"`` or ``"both"``.
+        by: what matched: ``"hash"``, ``"embedding"``, ``"both"`` (hash and embedding or
+            local), or ``"local"``: the embeddings are close but under the threshold, and a
+            local-feature check (:mod:`wildvision.match.local`) found the query to be a
+            rotated, cropped or written-on copy.
+        inliers: for ``"local"`` matches, the keypoint pairs one rotation + scale + shift
+            explains (at least the index's ``min_inliers``); ``None`` otherwise.
     """
 
     reference: str
@@ -45,6 +50,7 @@ class Match:
     similarity: float | None
     hash_distance: int | None
     by: str
+    inliers: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +60,7 @@ class Match:
             "similarity": None if self.similarity is None else round(self.similarity, 6),
             "hash_distance": self.hash_distance,
             "by": self.by,
+            "inliers": self.inliers,
         }
 
 

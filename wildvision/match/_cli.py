@@ -35,7 +35,7 @@ def _photos(sources: list[str], group: str) -> list[Any]:
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name in ("hash_threshold", "similarity_threshold", "mode", "decision"):
+    for name in ("hash_threshold", "similarity_threshold", "mode", "decision", "min_inliers"):
         value = getattr(args, name, None)
         if value is not None:
             out[name] = value
@@ -54,7 +54,9 @@ def _summary(index: Any) -> dict[str, Any]:
     head = {k: v for k, v in index.header.items() if k != "policy"}
     rows = len(index) + index.view_count  # each photo and each stored view
     per_view = 32 + 1 + 2 * index.embedding_dim
-    per_photo = round((rows * per_view + 8 * index.view_count) / max(1, len(index)))
+    per_local = 4 + 36 * index.local_keypoints if index.local_keypoints else 0
+    per_photo = round((rows * per_view + 8 * index.view_count) / max(1, len(index))
+                      + per_local)
     return {
         **head,
         "count": len(index),
@@ -62,6 +64,7 @@ def _summary(index: Any) -> dict[str, Any]:
         "low_quality_hashes": int((index.quality < 50).sum()),
         "policy": index.policy(),
         "views": index.view_count,
+        "local_keypoints_per_photo": index.local_keypoints,
         "bytes_per_photo_on_disk": per_photo,
     }
 
@@ -73,7 +76,8 @@ def run_build(args: argparse.Namespace) -> int:
     print(f"indexing {len(photos)} photos", file=sys.stderr)
     index, failures = build_index(photos, model=args.model, precision=args.precision,
                                   batch_size=args.batch_size, threads=args.threads,
-                                  views=args.views, **_settings(args))
+                                  views=args.views, local=not args.no_local,
+                                  **_settings(args))
     index.save(args.output)
     print(json.dumps({"index": args.output, **_summary(index)}, indent=2))
     return _report_failures(failures)
@@ -128,7 +132,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     index = load_index(args.index)
     if args.format == "share":
-        index.for_sharing().save(args.output)
+        index.for_sharing(local=not args.no_local).save(args.output)
     elif args.format == "share-hashes":
         index.for_sharing(embeddings=False).save(args.output)
     else:
@@ -207,6 +211,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="extra views stored per photo: crops (default: the photo without "
                    "its border and five crops; matches crops and framed copies; about 6x "
                    "the memory), trim (only the photo without its border) or none")
+    b.add_argument("--no-local", action="store_true",
+                   help="store no keypoints (9 KB less per photo; rotated, cropped and "
+                   "written-on copies are then found only when their embedding or hash is "
+                   "close enough)")
+    b.add_argument("--min-inliers", type=int, default=None,
+                   help="keypoint pairs the local check needs to call a copy (default 15)")
     b.set_defaults(func=run_build)
 
     a = sub.add_parser("add", help="add photos to an index (rewritten in place, atomically)")
@@ -237,6 +247,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     e.add_argument("index", metavar="INDEX.npz")
     e.add_argument("-o", "--output", required=True, metavar="FILE")
     e.add_argument("-f", "--format", choices=_EXPORT_FORMATS, default="share")
+    e.add_argument("--no-local", action="store_true",
+                   help="share: leave out the keypoints (docs/match.md: what they reveal)")
     e.set_defaults(func=run_export)
 
     i = sub.add_parser("import", help="add a shared index or a PDQ hash list to an index",

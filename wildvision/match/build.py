@@ -22,8 +22,9 @@ from ..predict import Classifier, Failure, Prediction
 from ..preprocess import preprocess_image
 from ..taxonomy import FINE_LABELS, GROUP_NAMES, group_of
 from .index import MatchIndex, model_fingerprint
+from .local import INDEX_KEYPOINTS, local_features, pack
 from .pdq import HASH_BYTES, pdq_hash
-from .views import index_views
+from .views import index_views, trim_borders
 
 VIEW_SETS = ("crops", "trim", "none")  # what build_index(views=...) stores per photo
 
@@ -93,9 +94,9 @@ def photos_from_manifest(path: str | os.PathLike[str]) -> list[KnownPhoto]:
 
 
 def _embed_and_hash(photos: Sequence[KnownPhoto], clf: Classifier, batch_size: int,
-                    view_set: str = "none"
+                    view_set: str = "none", keypoints: int = 0
                     ) -> tuple[list[int], list[bytes], list[int], list[np.ndarray],
-                               list[Failure], dict[str, np.ndarray]]:
+                               list[Failure], dict[str, np.ndarray], dict[str, np.ndarray]]:
     rows: list[int] = []
     hashes: list[bytes] = []
     quality: list[int] = []
@@ -105,6 +106,7 @@ def _embed_and_hash(photos: Sequence[KnownPhoto], clf: Classifier, batch_size: i
     v_hash: list[bytes] = []
     v_quality: list[int] = []
     v_emb: list[np.ndarray] = []
+    loc: list[tuple[Any, ...]] = []
     cfg = clf.card.preprocess
     results = clf.iter_arrays([ph.path for ph in photos], batch_size=batch_size)
     for i, (ph, (r, arrays)) in enumerate(zip(photos, results, strict=True)):
@@ -121,6 +123,9 @@ def _embed_and_hash(photos: Sequence[KnownPhoto], clf: Classifier, batch_size: i
             view_keys = [pdq_hash(v) for v in extra]
             view_emb = (clf.predict_arrays(np.stack([preprocess_image(v, cfg) for v in extra]))
                         .get("embedding") if extra and "embedding" in arrays else None)
+            # keypoints of the photo without its border: a copy is checked against them
+            packed = (pack(local_features(trim_borders(dec.image), keypoints), keypoints)
+                      if keypoints else None)
         except Exception as e:  # listed, not fatal
             failures.append(Failure(ph.path, type(e).__name__, str(e), clf.card.name,
                                     clf.card.version))
@@ -131,6 +136,8 @@ def _embed_and_hash(photos: Sequence[KnownPhoto], clf: Classifier, batch_size: i
             v_quality.append(vq)
             if view_emb is not None:
                 v_emb.append(view_emb[j])
+        if packed is not None:
+            loc.append(packed)
         rows.append(i)
         hashes.append(h)
         quality.append(q)
@@ -143,7 +150,16 @@ def _embed_and_hash(photos: Sequence[KnownPhoto], clf: Classifier, batch_size: i
         "view_quality": np.array(v_quality, np.uint8),
         "view_embeddings": (np.stack(v_emb) if v_emb
                             else np.zeros((len(v_owner), dim), np.float32))}
-    return rows, hashes, quality, embs, failures, views
+    k = keypoints
+    local: dict[str, np.ndarray] = {
+        "local_points": np.zeros((len(loc), k, 2), np.uint16),
+        "local_descriptors": np.zeros((len(loc), k, 32), np.uint8),
+        "local_count": np.array([x[2] for x in loc], np.uint16),
+        "local_size": np.array([x[3] for x in loc], np.uint16).reshape(-1, 2)}
+    for j, (pts, des, _, _) in enumerate(loc):
+        local["local_points"][j] = pts
+        local["local_descriptors"][j] = des
+    return rows, hashes, quality, embs, failures, views, local
 
 
 def add_photos(index: MatchIndex, photos: Sequence[KnownPhoto], *, model: Any = None,
@@ -169,21 +185,22 @@ def add_photos(index: MatchIndex, photos: Sequence[KnownPhoto], *, model: Any = 
     if index.embedding_dim:
         index.check_model(clf.package, precision)
     view_set = str(index.header.get("views", "none"))
-    rows, hashes, quality, embs, failures, views = _embed_and_hash(photos, clf, batch_size,
-                                                                  view_set)
+    rows, hashes, quality, embs, failures, views, local = _embed_and_hash(
+        photos, clf, batch_size, view_set, index.local_keypoints)
     if rows:
         h = np.frombuffer(b"".join(hashes), np.uint8).reshape(-1, HASH_BYTES)
         index.add([photos[i].reference for i in rows], [photos[i].label for i in rows],
                   [_group(photos[i].label, photos[i].group) for i in rows], h,
                   np.array(quality, np.uint8),
                   np.stack(embs) if index.embedding_dim else None,
-                  views if len(views["view_owner"]) else None)
+                  views if len(views["view_owner"]) else None,
+                  local if index.local_keypoints else None)
     return failures
 
 
 def build_index(photos: Iterable[KnownPhoto], *, model: Any = None, precision: str = "fp32",
                 batch_size: int = 16, threads: int | None = None, views: str = "crops",
-                **settings: Any) -> tuple[MatchIndex, list[Failure]]:
+                local: bool = True, **settings: Any) -> tuple[MatchIndex, list[Failure]]:
     """Build an index of confirmed photos.
 
     Args:
@@ -196,6 +213,10 @@ def build_index(photos: Iterable[KnownPhoto], *, model: Any = None, precision: s
             photo without its border, when it has one, and five crops of 70 % of it: the
             robust default, about 6x the memory of one embedding), ``trim`` (only the photo
             without its border) or ``none``. Photos added later get the same.
+        local: store :data:`~wildvision.match.local.INDEX_KEYPOINTS` keypoints per photo
+            (9,216 bytes) so that rotated, cropped and written-on copies whose embedding is
+            under the threshold are still found by a local-feature check
+            (:mod:`wildvision.match.local`); ``False`` for a smaller index without it.
         **settings: :class:`MatchIndex` settings (thresholds, mode, decision ...).
 
     Returns:
@@ -213,6 +234,7 @@ def build_index(photos: Iterable[KnownPhoto], *, model: Any = None, precision: s
     dim = _embedding_dim(clf)
     head["embedding_dim"] = dim
     head["views"] = views
+    head["local_keypoints"] = INDEX_KEYPOINTS if local else 0
     index = MatchIndex(head, **settings)
     failures = add_photos(index, photos, precision=precision, batch_size=batch_size,
                           _classifier=clf)

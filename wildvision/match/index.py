@@ -18,6 +18,11 @@ array           shape / dtype      what
                                    without views have none)
 ``view_hashes``, ``view_quality``, ``view_embeddings``: the views' PDQ hashes, qualities and
 embeddings, as for the entries (:mod:`.views`: the photo without its border, and crops)
+``local_points``  (N, K, 2) uint16 keypoint positions in 1/64 pixel (:mod:`.local`; optional:
+                                   an index built without local features has none)
+``local_descriptors`` (N, K, 32) uint8  their ORB descriptors
+``local_count`` (N,) uint16        how many of the K rows are keypoints (0: none stored)
+``local_size``  (N, 2) uint16      the size of the grey copy they were found on
 ==============  =================  ==========================================================
 
 An entry matches a query with the best similarity and the smallest hash distance over the
@@ -28,7 +33,10 @@ views, exact (``IndexFlatIP``) under :data:`APPROX_MIN` rows and approximate (IV
 scalar quantisation, re-ranked exactly) from there; Hamming search over the PDQ hashes with a
 brute-force binary index or, from :data:`APPROX_MIN` rows, multi-index hashing
 (:mod:`.mih`: 16 tables of 16 bits, one bit flipped per table, :data:`APPROX_HASH_FLIPS`).
-Every candidate, from either search, is re-scored exactly over all its rows.
+Every candidate, from either search, is re-scored exactly over all its rows. Candidates that
+pass neither threshold but come within :data:`VERIFY_FLOOR` similarity (the best
+:data:`VERIFY_TOP` of them) are checked with local features (:mod:`.local`): enough keypoints
+that one rotation + scale + shift explains make them a match (``by="local"``).
 """
 
 from __future__ import annotations
@@ -52,6 +60,16 @@ from ..matching import Match
 from ..modelpack import ModelPackage
 from ..scores import unit_rows
 from ._io import atomic_write, csv_safe, str_array
+from .local import (
+    MIN_INLIERS,
+    QUERY_KEYPOINTS,
+    LocalFeatures,
+    accepted,
+    local_features,
+    local_source,
+    unpack,
+    verify,
+)
 from .mih import HashTables
 from .pdq import HASH_BYTES, MIN_QUALITY, hamming, pdq_hash, to_hex
 from .views import query_views
@@ -68,11 +86,15 @@ __all__ = [
 INDEX_FORMAT = "wildvision-match-index"
 INDEX_FORMAT_VERSION = 1
 # The combined rule's thresholds benchmarks/match_robustness.py chose for wildvision-base 2.0.0
-# with the default views (hash first, at most 47, then the loosest similarity keeping <= 0.1 %
-# of 5,000 unrelated photos matching an index of 500; docs/match.md has the run).
+# with the default views and the keypoint check (hash first, at most 47, then the loosest
+# similarity keeping <= 0.1 % of 5,000 unrelated photos, listed duplicates left out, matching an
+# index of 500; docs/match.md has the run).
 DEFAULT_HASH_THRESHOLD = 47
 DEFAULT_SIMILARITY_THRESHOLD = 0.946
 VIEW_ARRAYS = ("view_owner", "view_hashes", "view_quality", "view_embeddings")
+LOCAL_ARRAYS = ("local_points", "local_descriptors", "local_count", "local_size")
+VERIFY_FLOOR = 0.7  # candidates at least this similar are checked with local features
+VERIFY_TOP = 3      # at most this many per photo (the most similar)
 APPROX_MIN = 100_000  # from this many rows (photos + views): approximate search (match_speed.py)
 # The approximate engine's hash tables flip one bit per 16-bit chunk: every hash within
 # distance 31 is found, and one within 32-47 when one of its 16 chunks is within a bit of the
@@ -129,6 +151,10 @@ class PhotoKeys:
     hashes: tuple[bytes, ...]
     quality: tuple[int, ...]
     views: tuple[Image.Image, ...] = ()
+    # grey copies of the photo and its views (:func:`~wildvision.match.local.local_source`)
+    # when the index verifies with local features; their keypoints are found only when a
+    # candidate needs checking
+    local: tuple[NDArray[np.uint8], ...] = ()
 
 
 class MatchIndex:
@@ -147,6 +173,9 @@ class MatchIndex:
             ``exact`` or ``ivf``.
         nprobe: IVF lists searched per query (approximate engine; default 16: 4.0 ms per
             lookup at 1,000,000 photos, docs/match.md).
+        min_inliers: keypoint pairs a local-feature check needs to call a candidate a copy
+            (:mod:`wildvision.match.local`; only for an index that stores local features).
+        verify: check near candidates with local features when the index has them.
     """
 
     def __init__(
@@ -160,6 +189,7 @@ class MatchIndex:
         quality: NDArray[np.uint8] | None = None,
         embeddings: NDArray[Any] | None = None,
         views: dict[str, NDArray[Any]] | None = None,
+        local: dict[str, NDArray[Any]] | None = None,
         hash_threshold: int | None = None,
         similarity_threshold: float | None = None,
         mode: str | None = None,
@@ -167,6 +197,8 @@ class MatchIndex:
         top_k: int = 5,
         engine: str = "auto",
         nprobe: int = 16,
+        min_inliers: int | None = None,
+        verify: bool = True,
     ) -> None:
         head = dict(header or {})
         n = len(references)
@@ -193,6 +225,15 @@ class MatchIndex:
                                           np.float16)
         if self.view_embeddings.size == 0:
             self.view_embeddings = self.view_embeddings.reshape(nv, dim)
+        loc = local or {}
+        k = int(head.get("local_keypoints", 0) or (np.shape(loc["local_points"])[1]
+                                                    if "local_points" in loc else 0))
+        head["local_keypoints"] = k
+        arr = loc if loc else _local_rows(None, n, k)
+        self.local_points = np.ascontiguousarray(arr["local_points"], np.uint16)
+        self.local_descriptors = np.ascontiguousarray(arr["local_descriptors"], np.uint8)
+        self.local_count = np.asarray(arr["local_count"], np.uint16)
+        self.local_size = np.asarray(arr["local_size"], np.uint16)
         policy = dict(head.get("policy", {}))
         self.hash_threshold = int(hash_threshold if hash_threshold is not None
                                   else policy.get("hash_threshold", DEFAULT_HASH_THRESHOLD))
@@ -201,6 +242,9 @@ class MatchIndex:
             else policy.get("similarity_threshold", DEFAULT_SIMILARITY_THRESHOLD))
         self.mode = str(mode or policy.get("mode", "either"))
         self.decision = str(decision or policy.get("decision", "flag"))
+        self.min_inliers = int(min_inliers if min_inliers is not None
+                               else policy.get("min_inliers", MIN_INLIERS))
+        self.verify = verify
         self.top_k = top_k
         self.engine = engine
         self.nprobe = nprobe
@@ -236,6 +280,15 @@ class MatchIndex:
             raise MatchIndexError("a view belongs to no entry of the index")
         if dim and nv and not np.isfinite(self.view_embeddings).all():
             raise MatchIndexError("view embeddings contain NaN or infinite values")
+        k = self.local_keypoints
+        if (self.local_points.shape != (n, k, 2) or self.local_descriptors.shape != (n, k, 32)
+                or self.local_count.shape != (n,) or self.local_size.shape != (n, 2)):
+            raise MatchIndexError(
+                f"local feature arrays differ: points {self.local_points.shape}, descriptors "
+                f"{self.local_descriptors.shape}, counts {self.local_count.shape}, sizes "
+                f"{self.local_size.shape} for {n} entries of {k} keypoints")
+        if n and k and int(self.local_count.max()) > k:
+            raise MatchIndexError(f"a local keypoint count exceeds {k}")
         dup = _duplicates(self.references)
         if dup:
             raise MatchIndexError(f"duplicate references in the index: {dup[:5]}"
@@ -255,6 +308,8 @@ class MatchIndex:
             raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.top_k < 1 or self.nprobe < 1:
             raise ConfigError("top_k and nprobe must be >= 1")
+        if self.min_inliers < 4:
+            raise ConfigError(f"min_inliers must be >= 4, got {self.min_inliers}")
 
     def __len__(self) -> int:
         return len(self.references)
@@ -275,6 +330,18 @@ class MatchIndex:
     def views(self) -> dict[str, NDArray[Any]]:
         return {"view_owner": self.view_owner, "view_hashes": self.view_hashes,
                 "view_quality": self.view_quality, "view_embeddings": self.view_embeddings}
+
+    @property
+    def local_keypoints(self) -> int:
+        """Keypoints stored per entry at most (0: the index has no local features)."""
+        return int(self.header.get("local_keypoints", 0))
+
+    def local(self, rows: NDArray[np.int64] | None = None) -> dict[str, NDArray[Any]]:
+        """The local-feature arrays (:data:`LOCAL_ARRAYS`), of entries ``rows`` or all."""
+        arrays: dict[str, NDArray[Any]] = {"local_points": self.local_points,
+                  "local_descriptors": self.local_descriptors,
+                  "local_count": self.local_count, "local_size": self.local_size}
+        return arrays if rows is None else {k: v[rows] for k, v in arrays.items()}
 
     @property
     def shared(self) -> bool:
@@ -299,7 +366,7 @@ class MatchIndex:
     def policy(self) -> dict[str, Any]:
         return {"hash_threshold": self.hash_threshold,
                 "similarity_threshold": self.similarity_threshold,
-                "mode": self.mode, "decision": self.decision}
+                "mode": self.mode, "decision": self.decision, "min_inliers": self.min_inliers}
 
     # -- the classifier's interface (wildvision.matching.KnownImageIndex) -------------------
     def check_model(self, package: ModelPackage, precision: str = "fp32") -> None:
@@ -332,7 +399,9 @@ class MatchIndex:
             hm, _ = pdq_hash(img, mirror=True)
             hashes += [h, hm]
             quality += [q, q]
-        return PhotoKeys(tuple(hashes), tuple(quality), views)
+        local = (tuple(local_source(img) for img in (image, *views))
+                 if self.local_keypoints and self.verify else ())
+        return PhotoKeys(tuple(hashes), tuple(quality), views, local)
 
     def lookup(self, keys: Sequence[Any], embeddings: NDArray[Any] | None,
                view_embeddings: Sequence[NDArray[Any] | None] | None = None
@@ -402,23 +471,59 @@ class MatchIndex:
                 out.append(())
                 continue
             sims, dists = self._score(eng, ids_, qs[row], qhash[row])
+            checked = self._verified(ids_, sims, dists, keys[row])
             found = []
             for j, i in enumerate(ids_.tolist()):
                 sim = None if sims is None or not np.isfinite(sims[j]) else float(sims[j])
                 dist = None if dists is None or dists[j] > 256 else int(dists[j])
                 by_hash = dist is not None and dist <= self.hash_threshold
                 by_emb = sim is not None and sim >= self.similarity_threshold
-                ok = {"either": by_hash or by_emb, "hash": by_hash, "embedding": by_emb,
-                      "both": by_hash and by_emb}[self.mode]
+                inliers = checked.get(i)
+                by_local = inliers is not None
+                ok = {"either": by_hash or by_emb or by_local, "hash": by_hash,
+                      "embedding": by_emb or by_local,
+                      "both": by_hash and (by_emb or by_local)}[self.mode]
                 if not ok:
                     continue
-                by = "both" if by_hash and by_emb else ("hash" if by_hash else "embedding")
+                by = ("both" if by_hash and (by_emb or by_local) else "hash" if by_hash
+                      else "embedding" if by_emb else "local")
                 found.append(Match(self.references[i], self.labels[i], self.groups[i],
                                    None if sim is None else min(1.0, max(-1.0, sim)),
-                                   dist, by))
+                                   dist, by, inliers))
             found.sort(key=lambda m: (-(m.similarity if m.similarity is not None else -2.0),
                                       m.hash_distance if m.hash_distance is not None else 999))
             out.append(tuple(found[: self.top_k]))
+        return out
+
+    def _verified(self, ids: NDArray[np.int64], sims: NDArray[np.float32] | None,
+                  dists: NDArray[np.int64] | None, key: Any) -> dict[int, int]:
+        """Entries among candidates ``ids`` that a local-feature check makes copies of the
+        query, with their inliers: those that pass no threshold that already decides (the
+        similarity; in mode ``either`` also the hash), are at least
+        :data:`VERIFY_FLOOR` similar and have keypoints (the :data:`VERIFY_TOP` most similar);
+        the query's keypoints are found only when there is one."""
+        if (not self.verify or not self.local_keypoints or sims is None or self.mode == "hash"
+                or not getattr(key, "local", ())):
+            return {}
+        passed = sims >= self.similarity_threshold  # the check stands in for the embedding
+        if dists is not None and self.mode == "either":
+            passed |= dists <= self.hash_threshold
+        todo = np.flatnonzero(~passed & (sims >= VERIFY_FLOOR) & (self.local_count[ids] >= 5))
+        if not len(todo):
+            return {}
+        todo = todo[np.argsort(-sims[todo], kind="stable")[:VERIFY_TOP]]
+        queries: list[LocalFeatures] = [local_features(g, QUERY_KEYPOINTS) for g in key.local]
+        out: dict[int, int] = {}
+        for i in ids[todo].tolist():
+            ref = unpack(self.local_points[i], self.local_descriptors[i], self.local_count[i],
+                         self.local_size[i])
+            best = 0
+            for q in queries:
+                v = verify(q, ref)
+                if accepted(v, self.min_inliers):
+                    best = max(best, v.inliers)
+            if best:
+                out[i] = best
         return out
 
     def _score(self, eng: _Engines, ids: NDArray[np.int64], q: NDArray[np.float32] | None,
@@ -526,12 +631,13 @@ class MatchIndex:
     # -- editing ----------------------------------------------------------------------------
     def add(self, references: Sequence[str], labels: Sequence[str], groups: Sequence[str],
             hashes: NDArray[np.uint8], quality: NDArray[np.uint8],
-            embeddings: NDArray[Any] | None, views: dict[str, NDArray[Any]] | None = None
-            ) -> None:
+            embeddings: NDArray[Any] | None, views: dict[str, NDArray[Any]] | None = None,
+            local: dict[str, NDArray[Any]] | None = None) -> None:
         """Append entries (all or none: a duplicate reference raises before any change).
 
         ``views``: their extra views (:data:`VIEW_ARRAYS`; ``view_owner`` numbers the new
-        entries from 0).
+        entries from 0). ``local``: their local features (:data:`LOCAL_ARRAYS`, for an index
+        that stores them; without, the new entries get none and match without the check).
 
         Raises:
             MatchIndexError: a reference already in the index or given twice; wrong shapes.
@@ -557,21 +663,30 @@ class MatchIndex:
                 v.get("view_quality", np.zeros(0)), np.uint8).reshape(-1)]),
             "view_embeddings": np.concatenate([self.view_embeddings, vemb]),
         }
+        new_local = _local_rows(local, len(references), self.local_keypoints)
+        all_local = {k: np.concatenate([v, new_local[k]]) for k, v in self.local().items()}
         new = MatchIndex(dict(self.header), references=list(self.references) + list(references),
                          labels=list(self.labels) + list(labels),
                          groups=list(self.groups) + list(groups),
                          hashes=np.concatenate([self.hashes, np.asarray(hashes, np.uint8)
                                                 .reshape(-1, HASH_BYTES)]),
                          quality=np.concatenate([self.quality, np.asarray(quality, np.uint8)]),
-                         embeddings=np.concatenate([self.embeddings, emb]), views=all_views)
+                         embeddings=np.concatenate([self.embeddings, emb]), views=all_views,
+                         local=all_local)
         self.references, self.labels, self.groups = new.references, new.labels, new.groups
         self.hashes, self.quality, self.embeddings = new.hashes, new.quality, new.embeddings
         self._set_views(new.views())
+        self._set_local(new.local())
         self._changed()
 
     def _set_views(self, views: dict[str, NDArray[Any]]) -> None:
         self.view_owner, self.view_hashes = views["view_owner"], views["view_hashes"]
         self.view_quality, self.view_embeddings = views["view_quality"], views["view_embeddings"]
+
+    def _set_local(self, local: dict[str, NDArray[Any]]) -> None:
+        self.local_points, self.local_descriptors = local["local_points"], \
+            local["local_descriptors"]
+        self.local_count, self.local_size = local["local_count"], local["local_size"]
 
     def _views_of(self, rows: NDArray[np.int64], *, embeddings: bool = True
                   ) -> dict[str, NDArray[Any]]:
@@ -601,6 +716,7 @@ class MatchIndex:
 
     def _take(self, rows: NDArray[np.int64]) -> None:
         self._set_views(self._views_of(rows))
+        self._set_local(self.local(rows))
         self.references = [self.references[i] for i in rows]
         self.labels = [self.labels[i] for i in rows]
         self.groups = [self.groups[i] for i in rows]
@@ -642,7 +758,9 @@ class MatchIndex:
                 [other.groups[i] for i in rows], other.hashes[rows], other.quality[rows],
                 (np.zeros((len(rows), self.embedding_dim), np.float32) if hash_only
                  else other.embeddings[rows].astype(np.float32)) if self.embedding_dim else None,
-                views=_with_dim(other._views_of(rows), self.embedding_dim))
+                views=_with_dim(other._views_of(rows), self.embedding_dim),
+                local=(other.local(rows) if other.local_keypoints == self.local_keypoints
+                       else None))
         return out
 
     def copy(self) -> MatchIndex:
@@ -650,16 +768,20 @@ class MatchIndex:
                           labels=self.labels, groups=self.groups, hashes=self.hashes.copy(),
                           quality=self.quality.copy(), embeddings=self.embeddings.copy(),
                           views={k: v.copy() for k, v in self.views().items()},
+                          local={k: v.copy() for k, v in self.local().items()},
                           hash_threshold=self.hash_threshold,
                           similarity_threshold=self.similarity_threshold, mode=self.mode,
                           decision=self.decision, top_k=self.top_k, engine=self.engine,
-                          nprobe=self.nprobe)
+                          nprobe=self.nprobe, min_inliers=self.min_inliers,
+                          verify=self.verify)
 
-    def for_sharing(self, *, embeddings: bool = True) -> MatchIndex:
+    def for_sharing(self, *, embeddings: bool = True, local: bool = True) -> MatchIndex:
         """A copy to give to another organisation: each reference replaced by its content id
         (:meth:`entry_ids`), each label by its group; ``embeddings=False`` also drops the
-        embeddings (a hash-only list). Entries whose hash is of too low quality and that
-        have no embedding are left out (nothing could match them)."""
+        embeddings and local features (a hash-only list), ``local=False`` only the local
+        features (keypoint positions and descriptors say more about a photo's layout than
+        a hash: docs/match.md). Entries whose hash is of too low quality and that have no
+        embedding are left out (nothing could match them)."""
         ids = self.entry_ids()
         seen: set[str] = set()
         rows = []
@@ -674,13 +796,17 @@ class MatchIndex:
             for k in ("model", "model_version", "precision", "embedding_sha256"):
                 head.pop(k, None)
             head["embedding_dim"] = 0
+        keep_local = embeddings and local and self.local_keypoints
+        if not keep_local:
+            head["local_keypoints"] = 0
         sel = np.asarray(rows, dtype=np.int64)
         return MatchIndex(head, references=[ids[i] for i in rows],
                           labels=[self.groups[i] for i in rows],
                           groups=[self.groups[i] for i in rows], hashes=self.hashes[sel],
                           quality=self.quality[sel],
                           embeddings=self.embeddings[sel] if embeddings else None,
-                          views=self._views_of(sel, embeddings=embeddings))
+                          views=self._views_of(sel, embeddings=embeddings),
+                          local=self.local(sel) if keep_local else None)
 
     # -- files (read back by wildvision.match.store) ------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -702,6 +828,8 @@ class MatchIndex:
         }
         if self.view_count:
             arrays.update(self.views())
+        if self.local_keypoints:
+            arrays.update(self.local())
         atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
         return path
 
@@ -737,6 +865,20 @@ def _with_dim(views: dict[str, NDArray[Any]], dim: int) -> dict[str, NDArray[Any
     if emb.shape[1] != dim:
         views = {**views, "view_embeddings": np.zeros((len(emb), dim), np.float16)}
     return views
+
+
+def _local_rows(local: dict[str, NDArray[Any]] | None, n: int, k: int
+                ) -> dict[str, NDArray[Any]]:
+    """Local-feature arrays for ``n`` new entries of an index storing ``k`` keypoints each:
+    ``local`` when given in that shape, else empty rows (count 0)."""
+    if local is not None and k and np.shape(local["local_points"])[1:] == (k, 2):
+        return {"local_points": np.asarray(local["local_points"], np.uint16),
+                "local_descriptors": np.asarray(local["local_descriptors"], np.uint8),
+                "local_count": np.asarray(local["local_count"], np.uint16),
+                "local_size": np.asarray(local["local_size"], np.uint16)}
+    return {"local_points": np.zeros((n, k, 2), np.uint16),
+            "local_descriptors": np.zeros((n, k, 32), np.uint8),
+            "local_count": np.zeros(n, np.uint16), "local_size": np.zeros((n, 2), np.uint16)}
 
 
 def _key_hashes(key: Any) -> NDArray[np.uint8]:

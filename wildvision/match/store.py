@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MatchIndexError
-from .index import INDEX_FORMAT, INDEX_FORMAT_VERSION, VIEW_ARRAYS, MatchIndex
+from .index import INDEX_FORMAT, INDEX_FORMAT_VERSION, LOCAL_ARRAYS, VIEW_ARRAYS, MatchIndex
 from .pdq import HASH_BYTES, from_hex
 
 __all__ = ["load_index", "read_pdq_list"]
@@ -29,7 +29,7 @@ def load_index(path: str | os.PathLike[str], **settings: Any) -> MatchIndex:
         path: the file.
         **settings: :class:`MatchIndex` settings overriding the file's policy
             (``hash_threshold``, ``similarity_threshold``, ``mode``, ``decision``, ``top_k``,
-            ``engine``, ``nprobe``).
+            ``engine``, ``nprobe``, ``min_inliers``, ``verify``).
 
     Raises:
         MatchIndexError: unreadable, corrupt or not an index; inconsistent arrays; duplicate
@@ -47,6 +47,9 @@ def load_index(path: str | os.PathLike[str], **settings: Any) -> MatchIndex:
             views = {k: z[k] for k in VIEW_ARRAYS if k in z.files}
             if views and len(views) != len(VIEW_ARRAYS):
                 raise MatchIndexError(f"{p}: incomplete view arrays ({sorted(views)})")
+            local = {k: z[k] for k in LOCAL_ARRAYS if k in z.files}
+            if local and len(local) != len(LOCAL_ARRAYS):
+                raise MatchIndexError(f"{p}: incomplete local feature arrays ({sorted(local)})")
     except MatchIndexError:
         raise
     except FileNotFoundError:
@@ -75,13 +78,23 @@ def load_index(path: str | os.PathLike[str], **settings: Any) -> MatchIndex:
             raise MatchIndexError(f"{p}: array {k} has dtype {views[k].dtype}")
     if views and views["view_embeddings"].ndim != 2:
         raise MatchIndexError(f"{p}: view_embeddings must be 2-D")
+    for k in LOCAL_ARRAYS:
+        if k in local and local[k].dtype.kind != "u":
+            raise MatchIndexError(f"{p}: array {k} has dtype {local[k].dtype}")
+    if local and local["local_points"].ndim != 3:
+        raise MatchIndexError(f"{p}: local_points must be 3-D")
+    if local:
+        head["local_keypoints"] = int(local["local_points"].shape[1])
+    else:
+        head["local_keypoints"] = 0
     try:
         return MatchIndex(head, references=data["references"].tolist(),
                           labels=data["labels"].tolist(), groups=data["groups"].tolist(),
                           hashes=data["hashes"], quality=data["quality"],
                           embeddings=data["embeddings"].reshape(len(data["references"]), -1)
                           if data["embeddings"].size or len(data["references"]) else
-                          data["embeddings"], views=views or None, **settings)
+                          data["embeddings"], views=views or None, local=local or None,
+                          **settings)
     except MatchIndexError as e:
         raise MatchIndexError(f"{p}: {e}") from e
     except ValueError as e:
