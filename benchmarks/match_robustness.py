@@ -597,6 +597,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         agree += got == int(offline[j])
     report["end_to_end_check"] = {"copies": len(pick), "same_top_match": agree}
 
+    # What the keypoint check costs in classification: the same photos (these copies and as
+    # many unrelated photos) classified with the check on and off, alternately, best of 3.
+    traffic: list[Any] = [copies[j] for j in pick] + [
+        str(data / others[j]["path"]) for j in rep[: len(pick)]]
+    plain_index = index.copy()
+    plain_index.verify = False
+    runs = {"keypoint check on": live,
+            "keypoint check off": wv.Classifier(args.model, open_set=False,
+                                                match_index=plain_index, threads=args.threads)}
+    best = {k: float("inf") for k in runs}
+    for _ in range(3):
+        for name, c in runs.items():
+            t0 = time.perf_counter()
+            for _r in c.iter_classify(traffic):
+                pass
+            best[name] = min(best[name], time.perf_counter() - t0)
+    report["classify_cost"] = {
+        "photos": len(traffic),
+        **{f"ms_per_photo_{k.replace(' ', '_')}": round(1000 * v / len(traffic), 1)
+           for k, v in best.items()},
+        "ratio_on_to_off": round(best["keypoint check on"] / best["keypoint check off"], 3)}
+
     table = "\n".join(lines)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(
@@ -608,7 +630,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps({k: report[k] for k in ("local_check", "listed_duplicates",
                                              "index_rows_per_photo",
                                              "queries_with_a_trimmed_view",
-                                             "index_bytes_per_photo", "end_to_end_check")}))
+                                             "index_bytes_per_photo", "end_to_end_check",
+                                             "classify_cost")}))
     print(json.dumps({v: r["chosen"] for v, r in report["variants"].items()}))
     return 0
 
