@@ -22,6 +22,7 @@ from wildvision.errors import IndexModelMismatchError, MatchIndexError
 from wildvision.match import (
     KnownPhoto,
     MatchIndex,
+    add_photos,
     build_index,
     load_index,
     photos_from_manifest,
@@ -413,6 +414,12 @@ def test_local_features_follow_their_entries(real_index: tuple[MatchIndex, list[
         load_index(tmp_path / "bad2.npz")
     with pytest.raises(wv.ConfigError, match="min_inliers"):
         MatchIndex(dict(index.header), min_inliers=2)
+    readded = index.copy()  # photos added later get their keypoints, the same as at build
+    readded.remove(["case-ivory"])
+    assert add_photos(readded, [KnownPhoto(str(paths[1]), "case-ivory", "ivory_carving")]) == []
+    assert readded.local_count[-1] == index.local_count[1]
+    assert np.array_equal(readded.local_descriptors[-1], index.local_descriptors[1])
+    assert np.array_equal(readded.local_points[-1], index.local_points[1])
     small, failed = build_index([KnownPhoto(str(paths[0]), "a", "live_tiger")], local=False,
                                 views="none")
     assert failed == [] and small.local_keypoints == 0 and small.local_points.shape == (1, 0, 2)
