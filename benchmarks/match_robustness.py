@@ -478,7 +478,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "checked_per_query": VERIFY_TOP,
             "copies_checked": int(np.sum((inl_q >= 0).any(axis=1))),
             "unrelated_checked": int(np.sum((inl_d >= 0).any(axis=1))),
-            "ms_per_checked_copy": round(ms_q, 2), "ms_per_checked_unrelated": round(ms_d, 2)},
+            "ms_per_checked_copy": round(ms_q, 2), "ms_per_checked_unrelated": round(ms_d, 2),
+            # every check of an unrelated photo, whatever the thresholds: how often the check
+            # alone calls a pair that is not the same photograph a copy
+            "unrelated_pairs_checked": int(np.sum(inl_d >= 0)),
+            "unrelated_pairs_accepted_not_listed": int(np.sum((inl_d >= lf.MIN_INLIERS)
+                                                              & ~dup))},
         "listed_duplicates": {"file": DUPLICATES.name, "pairs_among_unrelated": int(dup.sum()),
                               "photos": int(dup.any(axis=1).sum())},
     }
