@@ -721,7 +721,7 @@ def test_cli_build_classify_share_import(shared_data: Path, tmp_path: Path,
     assert lean_summary["bytes_per_photo_on_disk"] == 32 + 1 + 2 * 1280
     assert main(["match", "build", str(known), "-o", str(lean), "--views", "none"]) == 1
     assert json.loads(capsys.readouterr().out)["bytes_per_photo_on_disk"] == \
-        32 + 1 + 2 * 1280 + 4 + 36 * lf.INDEX_KEYPOINTS
+        32 + 1 + 2 * 1280 + 6 + 36 * lf.INDEX_KEYPOINTS
     assert main(["match", "show", str(index)]) == 0
     assert json.loads(capsys.readouterr().out)["model"] == "wildvision-base"
 

@@ -54,7 +54,7 @@ def _summary(index: Any) -> dict[str, Any]:
     head = {k: v for k, v in index.header.items() if k != "policy"}
     rows = len(index) + index.view_count  # each photo and each stored view
     per_view = 32 + 1 + 2 * index.embedding_dim
-    per_local = 4 + 36 * index.local_keypoints if index.local_keypoints else 0
+    per_local = 6 + 36 * index.local_keypoints if index.local_keypoints else 0  # count, size
     per_photo = round((rows * per_view + 8 * index.view_count) / max(1, len(index))
                       + per_local)
     return {
