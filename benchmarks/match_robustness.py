@@ -49,7 +49,7 @@ from wildvision.match import MatchIndex
 from wildvision.match import local as lf
 from wildvision.match.index import VERIFY_FLOOR, VERIFY_TOP, model_fingerprint
 from wildvision.match.pdq import MIN_QUALITY, hamming, pdq_hash
-from wildvision.match.views import index_views, query_views, trim_borders, trim_box
+from wildvision.match.views import index_views, query_views, trim_box
 from wildvision.preprocess import preprocess_image
 
 EDITS = ("scale", "jpeg", "crop", "hflip", "text", "rotate", "border")
@@ -192,8 +192,8 @@ def featurize(sources: Sequence[Any], clf: wv.Classifier, cache: Path, batch_siz
 
 
 def local_index(paths: Sequence[str], clf: wv.Classifier, cache: Path) -> dict[str, np.ndarray]:
-    """The index's local-feature arrays (wildvision.match.local.pack of the trimmed photo, as
-    build_index stores them) for ``paths``; cached."""
+    """The index's local-feature arrays for ``paths``, as build_index stores them (an
+    unreadable photo: no keypoints); cached."""
     if cache.is_file():
         with np.load(cache) as z:
             return {k: z[k] for k in z.files}
@@ -203,14 +203,10 @@ def local_index(paths: Sequence[str], clf: wv.Classifier, cache: Path) -> dict[s
         try:
             dec = decode_image(src, max_pixels=clf.max_pixels, max_bytes=clf.max_bytes,
                                draft_size=cfg.draft_size)
-            rows.append(lf.pack(lf.local_features(trim_borders(dec.image))))
+            rows.append(lf.index_row(dec.image))
         except wv.WildvisionError:
-            rows.append(lf.pack(lf.LocalFeatures(np.zeros((0, 2), np.float32),
-                                                 np.zeros((0, 32), np.uint8), (0, 0))))
-    out = {"local_points": np.stack([r[0] for r in rows]),
-           "local_descriptors": np.stack([r[1] for r in rows]),
-           "local_count": np.array([r[2] for r in rows], np.uint16),
-           "local_size": np.array([r[3] for r in rows], np.uint16)}
+            rows.append(lf.NO_KEYPOINTS)
+    out = lf.stack(rows)
     np.savez(cache, **out)
     return out
 

@@ -22,9 +22,9 @@ from ..predict import Classifier, Failure, Prediction
 from ..preprocess import preprocess_image
 from ..taxonomy import FINE_LABELS, GROUP_NAMES, group_of
 from .index import MatchIndex, model_fingerprint
-from .local import INDEX_KEYPOINTS, local_features, pack
+from .local import INDEX_KEYPOINTS, index_row, stack
 from .pdq import HASH_BYTES, pdq_hash
-from .views import index_views, trim_borders
+from .views import index_views
 
 VIEW_SETS = ("crops", "trim", "none")  # what build_index(views=...) stores per photo
 
@@ -123,9 +123,7 @@ def _embed_and_hash(photos: Sequence[KnownPhoto], clf: Classifier, batch_size: i
             view_keys = [pdq_hash(v) for v in extra]
             view_emb = (clf.predict_arrays(np.stack([preprocess_image(v, cfg) for v in extra]))
                         .get("embedding") if extra and "embedding" in arrays else None)
-            # keypoints of the photo without its border: a copy is checked against them
-            packed = (pack(local_features(trim_borders(dec.image), keypoints), keypoints)
-                      if keypoints else None)
+            packed = index_row(dec.image, keypoints) if keypoints else None
         except Exception as e:  # listed, not fatal
             failures.append(Failure(ph.path, type(e).__name__, str(e), clf.card.name,
                                     clf.card.version))
@@ -150,16 +148,7 @@ def _embed_and_hash(photos: Sequence[KnownPhoto], clf: Classifier, batch_size: i
         "view_quality": np.array(v_quality, np.uint8),
         "view_embeddings": (np.stack(v_emb) if v_emb
                             else np.zeros((len(v_owner), dim), np.float32))}
-    k = keypoints
-    local: dict[str, np.ndarray] = {
-        "local_points": np.zeros((len(loc), k, 2), np.uint16),
-        "local_descriptors": np.zeros((len(loc), k, 32), np.uint8),
-        "local_count": np.array([x[2] for x in loc], np.uint16),
-        "local_size": np.array([x[3] for x in loc], np.uint16).reshape(-1, 2)}
-    for j, (pts, des, _, _) in enumerate(loc):
-        local["local_points"][j] = pts
-        local["local_descriptors"][j] = des
-    return rows, hashes, quality, embs, failures, views, local
+    return rows, hashes, quality, embs, failures, views, stack(loc, keypoints)
 
 
 def add_photos(index: MatchIndex, photos: Sequence[KnownPhoto], *, model: Any = None,

@@ -62,11 +62,13 @@ from ..scores import unit_rows
 from ._io import atomic_write, csv_safe, str_array
 from .local import (
     MIN_INLIERS,
+    NO_KEYPOINTS,
     QUERY_KEYPOINTS,
     LocalFeatures,
     accepted,
     local_features,
     local_source,
+    stack,
     unpack,
     verify,
 )
@@ -876,9 +878,7 @@ def _local_rows(local: dict[str, NDArray[Any]] | None, n: int, k: int
                 "local_descriptors": np.asarray(local["local_descriptors"], np.uint8),
                 "local_count": np.asarray(local["local_count"], np.uint16),
                 "local_size": np.asarray(local["local_size"], np.uint16)}
-    return {"local_points": np.zeros((n, k, 2), np.uint16),
-            "local_descriptors": np.zeros((n, k, 32), np.uint8),
-            "local_count": np.zeros(n, np.uint16), "local_size": np.zeros((n, 2), np.uint16)}
+    return stack([NO_KEYPOINTS] * n, k)
 
 
 def _key_hashes(key: Any) -> NDArray[np.uint8]:

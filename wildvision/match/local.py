@@ -34,6 +34,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from ..errors import MissingExtraError
+from .views import trim_borders
 
 __all__ = [
     "INDEX_KEYPOINTS",
@@ -159,6 +160,32 @@ def pack(features: LocalFeatures, k: int = INDEX_KEYPOINTS
     pts[:n] = np.clip(np.round(features.points[:n] * POINT_SCALE), 0, 65535)
     des[:n] = features.descriptors[:n]
     return pts, des, n, features.size
+
+
+NO_KEYPOINTS: tuple[Any, ...] = (None, None, 0, (0, 0))  # a stack() row: no keypoints
+
+
+def index_row(image: Image.Image, k: int = INDEX_KEYPOINTS
+              ) -> tuple[NDArray[np.uint16], NDArray[np.uint8], int, tuple[int, int]]:
+    """What an index stores for a photo: :func:`pack` of the keypoints of the photo without
+    its border (a copy's keypoints are checked against them)."""
+    return pack(local_features(trim_borders(image), k), k)
+
+
+def stack(rows: list[tuple[Any, ...]], k: int = INDEX_KEYPOINTS) -> dict[str, NDArray[Any]]:
+    """:func:`pack` rows as the index's local-feature arrays (``local_points``,
+    ``local_descriptors``, ``local_count``, ``local_size``); a row of count 0 (an entry
+    without keypoints: :data:`NO_KEYPOINTS`) stays zeros."""
+    out: dict[str, NDArray[Any]] = {
+        "local_points": np.zeros((len(rows), k, 2), np.uint16),
+        "local_descriptors": np.zeros((len(rows), k, 32), np.uint8),
+        "local_count": np.array([r[2] for r in rows], np.uint16),
+        "local_size": np.array([r[3] for r in rows], np.uint16).reshape(-1, 2)}
+    for j, (pts, des, n, _) in enumerate(rows):
+        if n:
+            out["local_points"][j] = pts
+            out["local_descriptors"][j] = des
+    return out
 
 
 def unpack(points: NDArray[np.uint16], descriptors: NDArray[np.uint8], count: int,
