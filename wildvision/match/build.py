@@ -203,7 +203,7 @@ def build_index(photos: Iterable[KnownPhoto], *, model: Any = None, precision: s
             robust default, about 6x the memory of one embedding), ``trim`` (only the photo
             without its border) or ``none``. Photos added later get the same.
         local: store :data:`~wildvision.match.local.INDEX_KEYPOINTS` keypoints per photo
-            (9,216 bytes) so that rotated, cropped and written-on copies whose embedding is
+            (9,222 bytes) so that rotated, cropped and written-on copies whose embedding is
             under the threshold are still found by a local-feature check
             (:mod:`wildvision.match.local`); ``False`` for a smaller index without it.
         **settings: :class:`MatchIndex` settings (thresholds, mode, decision ...).
